@@ -1,0 +1,300 @@
+"""The ``.glvc`` container: pack and unpack bytes, each field with its reader.
+
+This module imports no torch. It knows nothing about networks; it only turns a
+:class:`Header` plus a list of :class:`FrameUnit` payloads into bytes and back, and
+rejects malformed input with :class:`BitstreamError`.
+
+Format, version 1 (all integers little-endian; ``varint`` is unsigned LEB128, at most
+10 bytes)::
+
+    offset  field
+    0       magic            4 bytes  b"GLVC"
+    4       version          u8       1
+    5       flags            u8       reserved, must be 0
+    6       model fingerprint 16 bytes  (hash of tokenizer + codec configs and weights)
+    22      width            varint   original width in pixels   (1 .. 8192)
+            height           varint   original height in pixels  (1 .. 8192)
+            frames           varint   original frame count       (1 .. 100000)
+            fps numerator    varint   (1 .. 1000000)
+            fps denominator  varint   (1 .. 1000000)
+            pad right        varint   columns of replicate padding added before coding (< 1024)
+            pad bottom       varint   rows of replicate padding added before coding (< 1024)
+            pad frames       varint   frames repeated at the end to reach 1 + 4k (< 4)
+            quality          u8       rate index, 0 (lowest rate) .. 63 (highest)
+            refresh period   varint   latent frames between memory resets, 0 = never (< 100000)
+            unit count       varint   number of latent frames that follow (1 .. 25001)
+    then ``unit count`` times:
+            kind             u8       0 = intra (empty temporal memory), 1 = inter
+            payload length   varint   (<= bytes left in the stream)
+            payload          bytes    the codec's entropy-coded data for one latent frame
+    trailer: CRC-32 (zlib) of every byte before it, u32
+
+The unit count must equal ``1 + ceil((frames - 1) / 4)`` (latent frame 0 covers pixel
+frame 0, latent frame t >= 1 covers pixel frames 4t-3 .. 4t), and the first unit must
+be intra. Every limit is checked before anything is allocated, so a bogus length field
+cannot make the reader allocate more than the stream itself holds.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+MAGIC = b"GLVC"
+VERSION = 1
+FINGERPRINT_BYTES = 16
+
+MAX_SIDE = 8192
+MAX_FRAMES = 100_000
+MAX_FPS_TERM = 1_000_000
+MAX_PAD_PIXELS = 1023
+MAX_QUALITY = 63
+TEMPORAL_STRIDE = 4
+
+KIND_INTRA = 0
+KIND_INTER = 1
+KIND_NAMES = {KIND_INTRA: "intra", KIND_INTER: "inter"}
+
+
+class BitstreamError(ValueError):
+    """A ``.glvc`` stream is malformed, truncated, corrupted or made for another model."""
+
+
+def latent_frame_count(frames: int) -> int:
+    """Latent frames that code ``frames`` pixel frames: ``1 + ceil((frames - 1) / 4)``."""
+    if frames < 1:
+        raise ValueError(f"a clip needs at least 1 frame, got {frames}")
+    return 1 + -(-(frames - 1) // TEMPORAL_STRIDE)
+
+
+@dataclass(frozen=True)
+class Header:
+    """Everything the decoder needs besides the payloads."""
+
+    fingerprint: bytes
+    width: int
+    height: int
+    frames: int
+    fps: Fraction
+    quality: int
+    refresh_period: int = 0
+    pad_right: int = 0
+    pad_bottom: int = 0
+    pad_frames: int = 0
+    flags: int = 0
+
+    def validate(self) -> None:
+        """Raise :class:`BitstreamError` if any field is outside the format's limits."""
+        if len(self.fingerprint) != FINGERPRINT_BYTES:
+            raise BitstreamError(f"fingerprint must be {FINGERPRINT_BYTES} bytes, got {len(self.fingerprint)}")
+        _check_range("width", self.width, 1, MAX_SIDE)
+        _check_range("height", self.height, 1, MAX_SIDE)
+        _check_range("frames", self.frames, 1, MAX_FRAMES)
+        _check_range("fps numerator", self.fps.numerator, 1, MAX_FPS_TERM)
+        _check_range("fps denominator", self.fps.denominator, 1, MAX_FPS_TERM)
+        _check_range("pad right", self.pad_right, 0, MAX_PAD_PIXELS)
+        _check_range("pad bottom", self.pad_bottom, 0, MAX_PAD_PIXELS)
+        _check_range("pad frames", self.pad_frames, 0, TEMPORAL_STRIDE - 1)
+        _check_range("quality", self.quality, 0, MAX_QUALITY)
+        _check_range("refresh period", self.refresh_period, 0, MAX_FRAMES)
+        if self.flags != 0:
+            raise BitstreamError(f"flags byte is {self.flags:#04x}; version {VERSION} defines no flags")
+        expected_pad = (TEMPORAL_STRIDE - (self.frames - 1) % TEMPORAL_STRIDE) % TEMPORAL_STRIDE
+        if self.pad_frames != expected_pad:
+            raise BitstreamError(
+                f"pad frames is {self.pad_frames} but {self.frames} frames need {expected_pad} to reach 1 + 4k"
+            )
+
+    @property
+    def latent_frames(self) -> int:
+        return latent_frame_count(self.frames)
+
+
+@dataclass(frozen=True)
+class FrameUnit:
+    """One latent frame's entropy-coded data."""
+
+    kind: int
+    payload: bytes
+
+    @property
+    def kind_name(self) -> str:
+        return KIND_NAMES.get(self.kind, f"unknown({self.kind})")
+
+
+@dataclass(frozen=True)
+class Container:
+    header: Header
+    units: list[FrameUnit] = field(default_factory=list)
+
+    @property
+    def payload_bytes(self) -> int:
+        return sum(len(u.payload) for u in self.units)
+
+
+def _check_range(name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise BitstreamError(f"{name} is {value}, outside the allowed range {low} .. {high}")
+
+
+# ---------------------------------------------------------------------------- writer
+
+
+def write_varint(value: int) -> bytes:
+    """Unsigned LEB128."""
+    if value < 0:
+        raise ValueError(f"varint must be non-negative, got {value}")
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def pack(header: Header, units: list[FrameUnit]) -> bytes:
+    """Serialise a header and its latent-frame units into a ``.glvc`` byte string."""
+    header.validate()
+    if len(units) != header.latent_frames:
+        raise BitstreamError(f"{header.frames} frames need {header.latent_frames} units, got {len(units)}")
+    out = bytearray()
+    out += MAGIC
+    out += struct.pack("<BB", VERSION, header.flags)
+    out += header.fingerprint
+    for value in (
+        header.width,
+        header.height,
+        header.frames,
+        header.fps.numerator,
+        header.fps.denominator,
+        header.pad_right,
+        header.pad_bottom,
+        header.pad_frames,
+    ):
+        out += write_varint(value)
+    out += struct.pack("<B", header.quality)
+    out += write_varint(header.refresh_period)
+    out += write_varint(len(units))
+    for index, unit in enumerate(units):
+        if unit.kind not in KIND_NAMES:
+            raise BitstreamError(f"unit {index} has unknown kind {unit.kind}")
+        out += struct.pack("<B", unit.kind)
+        out += write_varint(len(unit.payload))
+        out += unit.payload
+    out += struct.pack("<I", zlib.crc32(out) & 0xFFFFFFFF)
+    return bytes(out)
+
+
+# ---------------------------------------------------------------------------- reader
+
+
+class _Reader:
+    """A cursor over bytes whose every read checks the bytes left."""
+
+    def __init__(self, data: bytes, end: int):
+        self.data = data
+        self.pos = 0
+        self.end = end
+
+    def left(self) -> int:
+        return self.end - self.pos
+
+    def take(self, count: int, what: str) -> bytes:
+        if count > self.left():
+            raise BitstreamError(
+                f"truncated stream: {what} needs {count} bytes at offset {self.pos}, only {self.left()} left"
+            )
+        chunk = self.data[self.pos : self.pos + count]
+        self.pos += count
+        return chunk
+
+    def u8(self, what: str) -> int:
+        return self.take(1, what)[0]
+
+    def varint(self, what: str) -> int:
+        value = 0
+        start = self.pos
+        for shift in range(0, 70, 7):
+            byte = self.u8(what)
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value
+        raise BitstreamError(f"{what} at offset {start} is a varint longer than 10 bytes")
+
+
+def unpack_header(data: bytes) -> tuple[Header, _Reader]:
+    """Read and validate the header only (for ``info``); returns it and a cursor after it."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise BitstreamError(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) < len(MAGIC) + 2 + FINGERPRINT_BYTES + 4:
+        raise BitstreamError(f"stream is {len(data)} bytes, shorter than the smallest possible header")
+    if data[:4] != MAGIC:
+        raise BitstreamError(f"not a .glvc stream: magic is {data[:4]!r}, expected {MAGIC!r}")
+    stored_crc = struct.unpack("<I", data[-4:])[0]
+    actual_crc = zlib.crc32(data[:-4]) & 0xFFFFFFFF
+    reader = _Reader(data, len(data) - 4)
+    reader.take(4, "magic")
+    version = reader.u8("version")
+    if version != VERSION:
+        raise BitstreamError(f"unsupported format version {version}; this decoder reads version {VERSION}")
+    if stored_crc != actual_crc:
+        raise BitstreamError(
+            f"checksum mismatch: stream says CRC-32 {stored_crc:08x}, content has {actual_crc:08x} "
+            "(the file is corrupted or truncated)"
+        )
+    flags = reader.u8("flags")
+    fingerprint = reader.take(FINGERPRINT_BYTES, "model fingerprint")
+    width = reader.varint("width")
+    height = reader.varint("height")
+    frames = reader.varint("frames")
+    fps_num = reader.varint("fps numerator")
+    fps_den = reader.varint("fps denominator")
+    _check_range("fps numerator", fps_num, 1, MAX_FPS_TERM)
+    _check_range("fps denominator", fps_den, 1, MAX_FPS_TERM)
+    pad_right = reader.varint("pad right")
+    pad_bottom = reader.varint("pad bottom")
+    pad_frames = reader.varint("pad frames")
+    quality = reader.u8("quality")
+    refresh_period = reader.varint("refresh period")
+    header = Header(
+        fingerprint=fingerprint,
+        width=width,
+        height=height,
+        frames=frames,
+        fps=Fraction(fps_num, fps_den),
+        quality=quality,
+        refresh_period=refresh_period,
+        pad_right=pad_right,
+        pad_bottom=pad_bottom,
+        pad_frames=pad_frames,
+        flags=flags,
+    )
+    header.validate()
+    return header, reader
+
+
+def unpack(data: bytes) -> Container:
+    """Parse a whole ``.glvc`` stream; raises :class:`BitstreamError` on any defect."""
+    header, reader = unpack_header(data)
+    count = reader.varint("unit count")
+    if count != header.latent_frames:
+        raise BitstreamError(f"unit count is {count} but {header.frames} frames need {header.latent_frames}")
+    units = []
+    for index in range(count):
+        kind = reader.u8(f"unit {index} kind")
+        if kind not in KIND_NAMES:
+            raise BitstreamError(f"unit {index} at offset {reader.pos - 1} has unknown kind {kind}")
+        if index == 0 and kind != KIND_INTRA:
+            raise BitstreamError("the first unit must be intra-coded")
+        length = reader.varint(f"unit {index} payload length")
+        payload = reader.take(length, f"unit {index} payload")
+        units.append(FrameUnit(kind=kind, payload=payload))
+    if reader.left():
+        raise BitstreamError(f"{reader.left()} unexpected bytes after the last unit at offset {reader.pos}")
+    return Container(header=header, units=units)

@@ -1,0 +1,390 @@
+"""The GLVC pipeline: frames -> tokenizer -> latent codec -> ``.glvc`` bytes, and back.
+
+::
+
+    frames (T, H, W, 3) uint8
+      -> pad T to 1 + 4k (repeat the last frame), H and W to a multiple of ``GLVC.pixel_stride``
+         (replicate); the padding is written into the header and cropped off after decoding
+      -> tokenizer EncoderStream: 1 frame, then 4 frames at a time -> latent frame (1, C, h, w)
+      -> LatentCodec.compress_frame with the stream's recurrent memory -> payload
+      -> bitstream.pack(header, units)
+
+Decoding mirrors it unit by unit. Both directions stream one latent frame (4 pixel frames)
+at a time, so memory does not grow with the clip's length unless the caller keeps the frames.
+
+The model fingerprint in the header is a hash of both configs and all weights; a stream
+made by another model is refused with :class:`~glvc.bitstream.BitstreamError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from . import bitstream
+from .bitstream import BitstreamError, FrameUnit, Header
+from .codec import CodecState, LatentCodec
+from .tokenizer import Tokenizer
+
+ProgressCallback = Callable[[int, int], None]  # (latent frames done, latent frames in total or 0 if unknown)
+
+GLVC_CONFIG_NAME = "glvc.json"
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded (missing files, or the Hub could not be reached)."""
+
+
+@dataclass
+class Report:
+    """What a run cost and produced. ``timings`` holds seconds per stage."""
+
+    bytes: int
+    frames: int
+    width: int
+    height: int
+    fps: float
+    quality: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.fps
+
+    @property
+    def bits_per_pixel(self) -> float:
+        return 8 * self.bytes / (self.frames * self.width * self.height)
+
+    @property
+    def kbps(self) -> float:
+        return 8 * self.bytes / self.duration / 1000
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out.update(duration=self.duration, bits_per_pixel=self.bits_per_pixel, kbps=self.kbps)
+        return out
+
+    def summary(self) -> str:
+        stages = ", ".join(f"{name} {sec:.2f} s" for name, sec in self.timings.items())
+        return (
+            f"{self.frames} frames {self.width}x{self.height} @ {self.fps:.3f} fps, quality {self.quality}: "
+            f"{self.bytes} bytes, {self.bits_per_pixel:.4f} bpp, {self.kbps:.1f} kbps ({stages})"
+        )
+
+
+@dataclass
+class EncodeResult:
+    bitstream: bytes
+    reconstruction: np.ndarray | None  # (T, H, W, 3) uint8: exactly what decode() returns
+    report: Report
+
+
+@dataclass
+class DecodeResult:
+    frames: np.ndarray  # (T, H, W, 3) uint8
+    fps: Fraction
+    report: Report
+
+
+def _to_pixels(frames: np.ndarray) -> torch.Tensor:
+    """(n, H, W, 3) uint8 -> (1, 3, n, H, W) float32 in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).unsqueeze(0)
+    return x.float().div_(127.5).sub_(1.0)
+
+
+def _to_frames(pixels: torch.Tensor) -> np.ndarray:
+    """(1, 3, n, H, W) float in [-1, 1] -> (n, H, W, 3) uint8."""
+    x = pixels[0].float().add(1.0).mul_(127.5).round_().clamp_(0, 255)
+    return x.to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
+
+
+class _Timer:
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+
+    def add(self, name: str, start: float) -> None:
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+
+class GLVC:
+    """A tokenizer and a latent codec that together turn video into ``.glvc`` bytes.
+
+    One instance may serve many streams: all per-stream state lives in local variables.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, codec: LatentCodec, tokenizer_source: dict | None = None):
+        if tokenizer.latent_channels != codec.config.latent_channels:
+            raise ValueError(
+                f"tokenizer gives {tokenizer.latent_channels} latent channels, codec expects {codec.config.latent_channels}"
+            )
+        if codec.max_quality > bitstream.MAX_QUALITY:
+            raise ValueError(f"codec has {codec.max_quality + 1} quality levels, the format holds {bitstream.MAX_QUALITY + 1}")
+        self.tokenizer = tokenizer
+        self.codec = codec.eval().requires_grad_(False)
+        self.codec.prepare_entropy_coders()
+        self.tokenizer_source = tokenizer_source  # {"name_or_path", "subfolder"} when the tokenizer comes from elsewhere
+        self.pixel_stride = tokenizer.spatial_stride * codec.spatial_stride
+        self._fingerprint: bytes | None = None
+
+    # ------------------------------------------------------------------ persistence
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, device: str | torch.device = "cpu", dtype=torch.float32, **hub_kwargs) -> "GLVC":
+        """Load ``<dir>/tokenizer`` and ``<dir>/codec`` from a folder or a Hub repository.
+
+        A ``glvc.json`` beside them may name the tokenizer elsewhere, e.g.
+        ``{"tokenizer": {"name_or_path": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "subfolder": "vae"}}``.
+        """
+        try:
+            config = {}
+            if os.path.isdir(name_or_path):
+                path = os.path.join(name_or_path, GLVC_CONFIG_NAME)
+                if os.path.isfile(path):
+                    with open(path) as f:
+                        config = json.load(f)
+            else:
+                from huggingface_hub import hf_hub_download
+                from huggingface_hub.errors import EntryNotFoundError
+
+                try:
+                    with open(hf_hub_download(name_or_path, GLVC_CONFIG_NAME, **hub_kwargs)) as f:
+                        config = json.load(f)
+                except EntryNotFoundError:
+                    config = {}
+            source = config.get("tokenizer") or {"name_or_path": name_or_path, "subfolder": "tokenizer"}
+            tokenizer = Tokenizer.from_pretrained(
+                source["name_or_path"], subfolder=source.get("subfolder"), device=device, dtype=dtype, **hub_kwargs
+            )
+            codec = LatentCodec.from_pretrained(name_or_path, subfolder="codec", **hub_kwargs)
+        except (OSError, ValueError, KeyError) as err:
+            raise ModelLoadError(f"could not load a GLVC model from {name_or_path!r}: {err}") from err
+        return cls(tokenizer, codec, tokenizer_source=config.get("tokenizer"))
+
+    def save_pretrained(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        if self.tokenizer_source:
+            with open(os.path.join(directory, GLVC_CONFIG_NAME), "w") as f:
+                json.dump({"tokenizer": self.tokenizer_source}, f, indent=2)
+        else:
+            self.tokenizer.vae.save_pretrained(os.path.join(directory, "tokenizer"))
+        self.codec.save_pretrained(os.path.join(directory, "codec"))
+
+    @property
+    def fingerprint(self) -> bytes:
+        """16-byte hash of the tokenizer and codec configs and weights (entropy tables included)."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            for name, module in (("tokenizer", self.tokenizer.vae), ("codec", self.codec)):
+                digest.update(name.encode())
+                digest.update(json.dumps(dict(module.config), sort_keys=True, default=str).encode())
+                for key, tensor in sorted(module.state_dict().items()):
+                    digest.update(key.encode())
+                    digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            self._fingerprint = digest.digest()[: bitstream.FINGERPRINT_BYTES]
+        return self._fingerprint
+
+    @property
+    def max_quality(self) -> int:
+        return self.codec.max_quality
+
+    # ------------------------------------------------------------------ encoding
+    def encode(
+        self,
+        frames: np.ndarray | Iterable[np.ndarray],
+        fps: float | Fraction,
+        quality: int,
+        refresh_period: int = 0,
+        reconstruct: bool = True,
+        progress: ProgressCallback | None = None,
+    ) -> EncodeResult:
+        """Encode frames (an (T, H, W, 3) uint8 array or an iterable of (H, W, 3) frames).
+
+        ``quality`` is the rate index 0 .. ``max_quality`` (higher = more bytes);
+        ``refresh_period`` resets the temporal memory every that many latent frames (0: never).
+        With ``reconstruct`` the result holds the frames the decoder will output, bit for bit.
+        """
+        quality = int(quality)
+        if not 0 <= quality <= self.max_quality:
+            raise ValueError(f"quality must be in 0 .. {self.max_quality}, got {quality}")
+        if refresh_period < 0:
+            raise ValueError(f"refresh period must be >= 0, got {refresh_period}")
+        fps = Fraction(fps).limit_denominator(1001)
+        timer = _Timer()
+        total = 0
+        if isinstance(frames, np.ndarray):
+            if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or frames.shape[0] == 0:
+                raise ValueError(f"expected (T, H, W, 3) uint8 frames with T >= 1, got {frames.shape} {frames.dtype}")
+            total = bitstream.latent_frame_count(frames.shape[0])
+        encoder = self.tokenizer.encoder_stream()
+        decoder = self.tokenizer.decoder_stream() if reconstruct else None
+        state = self.codec.initial_state()
+        units: list[FrameUnit] = []
+        recon: list[np.ndarray] = []
+        geometry = None
+        count = 0
+        for chunk, real in _chunks(iter(frames)):
+            if geometry is None:
+                geometry = _Geometry.of(chunk[0], self.pixel_stride)
+            geometry.check(chunk[0])
+            count += real
+            start = time.perf_counter()
+            latent = encoder.push(geometry.pad(_to_pixels(chunk), self.tokenizer.device))
+            timer.add("tokenizer_encode", start)
+            kind = bitstream.KIND_INTRA
+            if state.memory is None or (refresh_period and state.frames_since_refresh >= refresh_period):
+                state = self.codec.initial_state()
+            else:
+                kind = bitstream.KIND_INTER
+            start = time.perf_counter()
+            payload, z_hat, state = self.codec.compress_frame(latent[:, :, 0], state, quality)
+            timer.add("latent_coding", start)
+            units.append(FrameUnit(kind=kind, payload=payload))
+            if decoder is not None:
+                start = time.perf_counter()
+                pixels = decoder.push(z_hat.unsqueeze(2))
+                recon.append(geometry.crop(_to_frames(pixels))[:real])
+                timer.add("tokenizer_decode", start)
+            if progress:
+                progress(len(units), total)
+        if geometry is None:
+            raise ValueError("no frames to encode")
+        header = Header(
+            fingerprint=self.fingerprint,
+            width=geometry.width,
+            height=geometry.height,
+            frames=count,
+            fps=fps,
+            quality=quality,
+            refresh_period=refresh_period,
+            pad_right=geometry.pad_right,
+            pad_bottom=geometry.pad_bottom,
+            pad_frames=(4 - (count - 1) % 4) % 4,
+        )
+        data = bitstream.pack(header, units)
+        report = Report(len(data), count, geometry.width, geometry.height, float(fps), quality, timer.timings)
+        return EncodeResult(data, np.concatenate(recon) if reconstruct else None, report)
+
+    # ------------------------------------------------------------------ decoding
+    def decode(self, data: bytes, progress: ProgressCallback | None = None) -> DecodeResult:
+        """Decode a whole ``.glvc`` stream into frames. Raises BitstreamError on any defect."""
+        timer = _Timer()
+        frames = list(self.decode_stream(data, progress, timer))
+        header = bitstream.unpack_header(data)[0]
+        report = Report(len(data), header.frames, header.width, header.height, float(header.fps), header.quality, timer.timings)
+        return DecodeResult(np.concatenate(frames), header.fps, report)
+
+    def decode_stream(self, data: bytes, progress: ProgressCallback | None = None, timer: _Timer | None = None) -> Iterator[np.ndarray]:
+        """Yield decoded frames (n, H, W, 3) uint8, one latent frame (1 or 4 pixel frames) at a time."""
+        timer = timer or _Timer()
+        start = time.perf_counter()
+        container = bitstream.unpack(data)
+        header = container.header
+        if header.fingerprint != self.fingerprint:
+            raise BitstreamError(
+                f"stream was made by model {header.fingerprint.hex()}, this decoder is model {self.fingerprint.hex()}"
+            )
+        geometry = _Geometry.for_header(header, self.pixel_stride)
+        latent_size = (geometry.padded_height // self.tokenizer.spatial_stride, geometry.padded_width // self.tokenizer.spatial_stride)
+        timer.add("parse", start)
+        decoder = self.tokenizer.decoder_stream()
+        state = self.codec.initial_state()
+        remaining = header.frames
+        for index, unit in enumerate(container.units):
+            if unit.kind == bitstream.KIND_INTRA:
+                state = self.codec.initial_state()
+            elif state.memory is None:
+                raise BitstreamError(f"unit {index} is inter-coded but no frame precedes it")
+            start = time.perf_counter()
+            try:
+                z_hat, state = self.codec.decompress_frame(unit.payload, state, header.quality, latent_size)
+            except BitstreamError:
+                raise
+            except (ValueError, RuntimeError) as err:
+                raise BitstreamError(f"unit {index}: payload does not decode ({err})") from err
+            timer.add("latent_decoding", start)
+            start = time.perf_counter()
+            out = geometry.crop(_to_frames(decoder.push(z_hat.unsqueeze(2))))
+            timer.add("tokenizer_decode", start)
+            out = out[: min(remaining, out.shape[0])]
+            remaining -= out.shape[0]
+            if progress:
+                progress(index + 1, len(container.units))
+            yield out
+
+
+def _chunks(frames: Iterator[np.ndarray]) -> Iterator[tuple[np.ndarray, int]]:
+    """Group frames as the tokenizer needs them: [f0], [f1..f4], ...; pad the last group by
+    repeating its last frame. Yields (chunk (n, H, W, 3), number of real frames in it)."""
+    first = next(frames, None)
+    if first is None:
+        return
+    yield np.asarray(first)[None], 1
+    group: list[np.ndarray] = []
+    for frame in frames:
+        group.append(np.asarray(frame))
+        if len(group) == 4:
+            yield np.stack(group), 4
+            group = []
+    if group:
+        real = len(group)
+        group += [group[-1]] * (4 - real)
+        yield np.stack(group), real
+
+
+@dataclass
+class _Geometry:
+    width: int
+    height: int
+    padded_width: int
+    padded_height: int
+
+    @property
+    def pad_right(self) -> int:
+        return self.padded_width - self.width
+
+    @property
+    def pad_bottom(self) -> int:
+        return self.padded_height - self.height
+
+    @classmethod
+    def of(cls, frame: np.ndarray, stride: int) -> "_Geometry":
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"expected (H, W, 3) uint8 frames, got {frame.shape} {frame.dtype}")
+        h, w = frame.shape[:2]
+        if not (1 <= w <= bitstream.MAX_SIDE and 1 <= h <= bitstream.MAX_SIDE):
+            raise ValueError(f"frame size {w}x{h} is outside 1x1 .. {bitstream.MAX_SIDE}x{bitstream.MAX_SIDE}")
+        return cls(w, h, -(-w // stride) * stride, -(-h // stride) * stride)
+
+    @classmethod
+    def for_header(cls, header: Header, stride: int) -> "_Geometry":
+        geometry = cls(header.width, header.height, header.width + header.pad_right, header.height + header.pad_bottom)
+        expected = cls(header.width, header.height, -(-header.width // stride) * stride, -(-header.height // stride) * stride)
+        if geometry != expected:
+            raise BitstreamError(
+                f"padding {header.pad_right}x{header.pad_bottom} does not match this model's stride {stride} "
+                f"for {header.width}x{header.height} (expected {expected.pad_right}x{expected.pad_bottom})"
+            )
+        return geometry
+
+    def check(self, frame: np.ndarray) -> None:
+        if frame.shape[:2] != (self.height, self.width):
+            raise ValueError(f"frame size changed from {self.width}x{self.height} to {frame.shape[1]}x{frame.shape[0]}")
+
+    def pad(self, pixels: torch.Tensor, device) -> torch.Tensor:
+        """(1, 3, n, H, W) -> (1, 3, n, H', W') by replicating the last row/column."""
+        if self.pad_right or self.pad_bottom:
+            b, c, n, h, w = pixels.shape
+            flat = pixels.reshape(b, c * n, h, w)
+            flat = torch.nn.functional.pad(flat, (0, self.pad_right, 0, self.pad_bottom), mode="replicate")
+            pixels = flat.reshape(b, c, n, self.padded_height, self.padded_width)
+        return pixels.to(device)
+
+    def crop(self, frames: np.ndarray) -> np.ndarray:
+        return frames[:, : self.height, : self.width]

@@ -1,0 +1,165 @@
+"""The continuous video tokenizer: a causal video VAE from diffusers (``AutoencoderKLWan``).
+
+The tokenizer maps video to latents and back::
+
+    pixels (1, 3, T, H, W) float32 in [-1, 1], T = 1 + 4k, H and W multiples of ``spatial_stride``
+      -> latents (1, C, 1 + k, H / s, W / s), normalised per channel with the VAE's
+         ``latents_mean`` / ``latents_std`` (about zero mean, unit variance)
+
+Latent frame 0 covers pixel frame 0; latent frame t >= 1 covers pixel frames 4t-3 .. 4t.
+
+Streams. ``AutoencoderKLWan.encode``/``decode`` keep their causal convolution cache on the
+module, so one model could not serve two users at once, and they hold the whole clip in
+memory. :class:`EncoderStream` and :class:`DecoderStream` drive the same encoder and decoder
+blocks chunk by chunk (1 frame, then 4 frames at a time, exactly as diffusers does) with a
+cache that belongs to the stream. Memory is then bounded by one chunk, whatever the clip's
+length, and the outputs equal ``encode``/``decode`` on the whole clip (tested).
+
+Padding to ``1 + 4k`` frames and to a multiple of the spatial stride is the pipeline's job
+(it must also record it in the bitstream); the streams check their inputs and say so.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKLWan
+from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, patchify, unpatchify
+
+TEMPORAL_STRIDE = 4
+
+
+class Tokenizer:
+    """A causal video VAE used as a deterministic tokenizer (posterior mean, no sampling)."""
+
+    def __init__(self, vae: AutoencoderKLWan, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        if list(vae.config.temperal_downsample).count(True) != 2:
+            raise ValueError(
+                f"GLVC needs 4x temporal downsampling; this VAE has temperal_downsample={vae.config.temperal_downsample}"
+            )
+        vae = vae.to(device=device)
+        if dtype != torch.float32:
+            vae = vae.to(dtype=dtype)
+        self.vae = vae.eval().requires_grad_(False)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        z = vae.config.z_dim
+        self.latent_channels = z
+        self.spatial_stride = int(vae.config.scale_factor_spatial)
+        self.temporal_stride = TEMPORAL_STRIDE
+        self.patch_size = vae.config.patch_size or 1
+        mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32)
+        std = torch.tensor(vae.config.latents_std, dtype=torch.float32)
+        if mean.numel() != z or std.numel() != z:
+            raise ValueError(f"latents_mean/std have {mean.numel()}/{std.numel()} entries, z_dim is {z}")
+        self.latents_mean = mean.view(1, z, 1, 1, 1)
+        self.latents_std = std.view(1, z, 1, 1, 1)
+        self._encoder_convs = sum(isinstance(m, WanCausalConv3d) for m in self.vae.encoder.modules())
+        self._decoder_convs = sum(isinstance(m, WanCausalConv3d) for m in self.vae.decoder.modules())
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        subfolder: str | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        **kwargs,
+    ) -> "Tokenizer":
+        """Load from a local folder or a Hub id, e.g. ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``, subfolder ``vae``."""
+        vae = AutoencoderKLWan.from_pretrained(name_or_path, subfolder=subfolder, torch_dtype=torch.float32, **kwargs)
+        return cls(vae, device=device, dtype=dtype)
+
+    # ------------------------------------------------------------------ normalisation
+    def normalize(self, mu: torch.Tensor) -> torch.Tensor:
+        return (mu.float() - self.latents_mean.to(mu.device)) / self.latents_std.to(mu.device)
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z.float() * self.latents_std.to(z.device) + self.latents_mean.to(z.device)
+
+    # ------------------------------------------------------------------ streaming
+    def encoder_stream(self) -> "EncoderStream":
+        return EncoderStream(self)
+
+    def decoder_stream(self) -> "DecoderStream":
+        return DecoderStream(self)
+
+    # ------------------------------------------------------------------ whole clips
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 1+4k, H, W) in [-1, 1] -> normalised latents (B, C, 1+k, H/s, W/s), float32."""
+        self._check_pixels(pixels)
+        stream = self.encoder_stream()
+        chunks = [stream.push(pixels[:, :, :1])]
+        for start in range(1, pixels.shape[2], self.temporal_stride):
+            chunks.append(stream.push(pixels[:, :, start : start + self.temporal_stride]))
+        return torch.cat(chunks, dim=2)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents (B, C, 1+k, h, w) -> pixels (B, 3, 1+4k, h*s, w*s) float32 in [-1, 1]."""
+        stream = self.decoder_stream()
+        return torch.cat([stream.push(latents[:, :, t : t + 1]) for t in range(latents.shape[2])], dim=2)
+
+    def _check_pixels(self, pixels: torch.Tensor) -> None:
+        if pixels.dim() != 5 or pixels.shape[1] != 3:
+            raise ValueError(f"expected pixels (B, 3, T, H, W), got {tuple(pixels.shape)}")
+        t, h, w = pixels.shape[2:]
+        if (t - 1) % self.temporal_stride:
+            raise ValueError(f"{t} frames is not 1 + 4k: pad by repeating the last frame")
+        if h % self.spatial_stride or w % self.spatial_stride:
+            raise ValueError(f"{w}x{h} is not a multiple of the spatial stride {self.spatial_stride}: pad first")
+
+
+class EncoderStream:
+    """Encodes one clip chunk by chunk: first a single frame, then 4 frames per call.
+
+    ``push`` takes (B, 3, n, H, W) in [-1, 1] (n = 1 on the first call, 4 afterwards) and
+    returns the normalised posterior mean (B, C, 1, H/s, W/s) of the latent frame it completes.
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tok = tokenizer
+        self.cache: list = [None] * tokenizer._encoder_convs
+        self.frames_seen = 0
+
+    @torch.inference_mode()
+    def push(self, pixels: torch.Tensor) -> torch.Tensor:
+        expected = 1 if self.frames_seen == 0 else self.tok.temporal_stride
+        if pixels.dim() != 5 or pixels.shape[1] != 3 or pixels.shape[2] != expected:
+            raise ValueError(f"encoder chunk must be (B, 3, {expected}, H, W), got {tuple(pixels.shape)}")
+        h, w = pixels.shape[-2:]
+        if h % self.tok.spatial_stride or w % self.tok.spatial_stride:
+            raise ValueError(f"{w}x{h} is not a multiple of the spatial stride {self.tok.spatial_stride}")
+        vae = self.tok.vae
+        x = pixels.to(device=self.tok.device, dtype=self.tok.dtype)
+        if self.tok.patch_size > 1:
+            x = patchify(x, patch_size=self.tok.patch_size)
+        out = vae.encoder(x, feat_cache=self.cache, feat_idx=[0])
+        moments = vae.quant_conv(out)  # (B, 2C, 1, h, w): mean then log-variance
+        self.frames_seen += pixels.shape[2]
+        return self.tok.normalize(moments[:, : self.tok.latent_channels])
+
+
+class DecoderStream:
+    """Decodes one clip latent frame by latent frame.
+
+    ``push`` takes normalised latents (B, C, 1, h, w) and returns pixels (B, 3, n, h*s, w*s)
+    float32 in [-1, 1], with n = 1 for the first latent frame and 4 afterwards.
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tok = tokenizer
+        self.cache: list = [None] * tokenizer._decoder_convs
+        self.latents_seen = 0
+
+    @torch.inference_mode()
+    def push(self, latents: torch.Tensor) -> torch.Tensor:
+        c = self.tok.latent_channels
+        if latents.dim() != 5 or latents.shape[1] != c or latents.shape[2] != 1:
+            raise ValueError(f"decoder input must be (B, {c}, 1, h, w), got {tuple(latents.shape)}")
+        vae = self.tok.vae
+        z = self.tok.denormalize(latents.to(self.tok.device)).to(self.tok.dtype)
+        x = vae.post_quant_conv(z)
+        out = vae.decoder(x, feat_cache=self.cache, feat_idx=[0], first_chunk=self.latents_seen == 0)
+        self.latents_seen += 1
+        if self.tok.patch_size > 1:
+            out = unpatchify(out, patch_size=self.tok.patch_size)
+        return out.float().clamp(-1.0, 1.0)
