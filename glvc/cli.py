@@ -1,0 +1,181 @@
+"""Command line: ``python -m glvc {encode,decode,info,train}``.
+
+User errors (a bad file, a bad stream, a missing model) print one line and exit with
+status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "default")
+
+
+def default_model() -> str:
+    return os.environ.get("GLVC_MODEL", DEFAULT_MODEL)
+
+
+class _Progress:
+    """A tqdm bar fed by the pipeline's (done, total) callback."""
+
+    def __init__(self, desc: str, enabled: bool):
+        self.desc = desc
+        self.enabled = enabled
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total or None, desc=self.desc, unit="latent frame", file=sys.stderr)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _load_model(args):
+    from .pipeline import GLVC
+
+    return GLVC.from_pretrained(args.model)
+
+
+def cmd_encode(args) -> int:
+    from .video_io import read_video
+
+    video = read_video(args.input, max_frames=args.max_frames, max_seconds=args.max_seconds, max_height=args.max_height)
+    if video.truncated:
+        print(f"note: input trimmed to {video.num_frames} frames", file=sys.stderr)
+    model = _load_model(args)
+    progress = _Progress("encode", not args.quiet)
+    try:
+        result = model.encode(video.frames, video.fps, args.rate, refresh_period=args.refresh, reconstruct=False, progress=progress)
+    finally:
+        progress.close()
+    with open(args.output, "wb") as f:
+        f.write(result.bitstream)
+    print(result.report.summary())
+    return 0
+
+
+def cmd_decode(args) -> int:
+    from .video_io import write_video
+
+    with open(args.input, "rb") as f:
+        data = f.read()
+    model = _load_model(args)
+    progress = _Progress("decode", not args.quiet)
+    try:
+        result = model.decode(data, progress=progress)
+    finally:
+        progress.close()
+    if args.output.endswith(".npy"):
+        import numpy as np
+
+        np.save(args.output, result.frames)
+    else:
+        write_video(args.output, result.frames, result.fps)
+    print(result.report.summary())
+    return 0
+
+
+def cmd_info(args) -> int:
+    from . import bitstream
+
+    with open(args.input, "rb") as f:
+        data = f.read()
+    container = bitstream.unpack(data)
+    h = container.header
+    info = {
+        "bytes": len(data),
+        "model_fingerprint": h.fingerprint.hex(),
+        "width": h.width,
+        "height": h.height,
+        "frames": h.frames,
+        "fps": f"{h.fps.numerator}/{h.fps.denominator}",
+        "duration_s": round(h.frames / float(h.fps), 3),
+        "quality": h.quality,
+        "refresh_period": h.refresh_period,
+        "padding": {"right": h.pad_right, "bottom": h.pad_bottom, "frames": h.pad_frames},
+        "latent_frames": len(container.units),
+        "units": [{"kind": u.kind_name, "bytes": len(u.payload)} for u in container.units],
+        "bits_per_pixel": round(8 * len(data) / (h.frames * h.width * h.height), 5),
+        "kbps": round(8 * len(data) / (h.frames / float(h.fps)) / 1000, 2),
+    }
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .train import load_config, train
+
+    cfg = load_config(args.config)
+    if args.output_dir:
+        cfg["output_dir"] = args.output_dir
+    if args.max_minutes is not None:
+        cfg["max_minutes"] = args.max_minutes
+    folder = train(cfg)
+    if folder is None:
+        print("training stopped before the end (max_minutes); run the same command to resume")
+    else:
+        print(f"model written to {folder}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m glvc", description="Generative latent video compression")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_arg(p):
+        p.add_argument("--model", default=default_model(), help="GLVC model folder or Hub id (default: the bundled model)")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("encode", help="video file -> .glvc bitstream")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--rate", type=int, default=32, help="quality index 0 (smallest) .. 63 (best), default 32")
+    p.add_argument("--refresh", type=int, default=0, help="reset the temporal memory every N latent frames (0: never)")
+    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--max-seconds", type=float, default=None)
+    p.add_argument("--max-height", type=int, default=None, help="downscale taller input to this height")
+    model_arg(p)
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("decode", help=".glvc bitstream -> mp4 (or .npy of uint8 frames)")
+    p.add_argument("input")
+    p.add_argument("output")
+    model_arg(p)
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("info", help="describe a .glvc bitstream")
+    p.add_argument("input")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("train", help="train the tokenizer and the latent codec (runs under torchrun too)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--output-dir", default=None)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop each stage after this long (resumable)")
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .bitstream import BitstreamError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (BitstreamError, ValueError, OSError, RuntimeError) as err:
+        # VideoError and ModelLoadError derive from ValueError / RuntimeError
+        message = str(err).splitlines()[0] if str(err) else err.__class__.__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2

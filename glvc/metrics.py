@@ -1,0 +1,695 @@
+"""Full-reference video quality metrics for GLVC.
+
+Frame convention (inputs of every public function): numpy ``uint8`` arrays of
+shape ``(T, H, W, 3)``, RGB, values 0-255.  A single ``(H, W, 3)`` frame is
+accepted and treated as ``T = 1``.  ``ref`` is the original, ``dist`` the
+decoded/distorted clip; the order matters for VMAF.
+
+Every metric returns a :class:`MetricValue`: the clip score (mean of the
+per-frame scores), the per-frame scores, or - for a metric that cannot be
+computed honestly here - ``value=None`` and ``unavailable_reason``.
+
+Metrics
+-------
+* ``psnr_rgb``  - PSNR over R, G, B jointly (peak 255), per frame, averaged over
+  frames.  A frame with MSE 0 is capped at :data:`PSNR_MAX_DB` (100 dB).
+* ``psnr_y``    - PSNR of full-range BT.601 luma ``Y = 0.299 R + 0.587 G + 0.114 B``
+  (float, not rounded, peak 255), same averaging and cap.
+* ``ms_ssim``   - MS-SSIM (``pytorch_msssim``, 5 scales, 11x11 Gaussian window,
+  data_range 255) on RGB, mean over channels, then frames.  Five scales need
+  both sides >= 161 px; smaller frames fall back to single-scale SSIM and the
+  result's ``name`` says so.
+* ``vmaf``      - VMAF v0.6.1 through ``vmaf-torch`` (a PyTorch port that agrees
+  with libvmaf within ~0.06 points).  It sees the 8-bit limited-range BT.601
+  luma plane that an rgb24 -> yuv420p conversion would give (what libvmaf gets
+  from ffmpeg), with the motion feature taken across the whole clip; per-frame
+  scores are clipped to [0, 100] like libvmaf and averaged.  Needs both sides
+  >= 17 px.  At small resolutions use it for relative comparisons only.
+* ``lpips``     - LPIPS v0.1 (``lpips`` package; linear heads ship with the
+  package) with an AlexNet (default, the authors' recommended forward metric)
+  or VGG16 trunk; inputs scaled to [-1, 1].
+* ``dists``     - DISTS (``DISTS_pytorch``; alpha/beta ship with the package) on a
+  VGG16 trunk; inputs scaled to [0, 1].
+
+LPIPS and DISTS need torchvision's ImageNet backbone weights, which cannot be
+downloaded here.  They are read from ``$GLVC_VGG16_WEIGHTS`` /
+``$GLVC_ALEXNET_WEIGHTS`` when set, else from the torch hub cache
+(``torch.hub.get_dir()/checkpoints/vgg16-397923af.pth`` and
+``alexnet-owt-7be5be79.pth``; files with these canonical names must match the
+sha256 prefix in their name).  Nothing here ever calls a downloader: the
+networks are built without weights and the backbone is loaded by hand.  When
+the weights are absent the metric is reported unavailable - never computed
+from random weights.  Tests may inject a backbone explicitly
+(``backbone_state_dict=`` or ``model=``).
+
+Networks are cached at module level per (metric, device, weights file): they
+are stateless at inference, and loading VGG16 takes seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "MetricValue",
+    "MetricUnavailable",
+    "PSNR_MAX_DB",
+    "MS_SSIM_MIN_SIDE",
+    "NET_MAX_PIXELS_PER_BATCH",
+    "VMAF_MIN_SIDE",
+    "ALL_METRICS",
+    "psnr_rgb",
+    "psnr_y",
+    "ms_ssim",
+    "vmaf",
+    "lpips",
+    "dists",
+    "compute_all",
+    "format_results",
+    "backbone_weights_path",
+    "clear_model_cache",
+    "rgb_to_y_bt601_full",
+    "rgb_to_y_bt601_limited",
+]
+
+PSNR_MAX_DB = 100.0
+"""Per-frame PSNR cap (dB) used when a frame is reproduced exactly (MSE = 0)."""
+
+MS_SSIM_MIN_SIDE = 161
+"""pytorch_msssim with 5 scales and an 11 px window needs both sides > (11 - 1) * 2**4."""
+
+VMAF_MIN_SIDE = 17
+"""Smallest side vmaf-torch's 4-scale ADM/VIF accepts (measured: 16 px fails)."""
+
+ALL_METRICS = ("psnr", "psnr_y", "ms_ssim", "vmaf", "lpips", "dists")
+"""Default metric keys of :func:`compute_all`.  Also accepted: ``lpips_alex``, ``lpips_vgg``."""
+
+_HUB_FILES = {
+    "vgg16": ("vgg16-397923af.pth", "GLVC_VGG16_WEIGHTS"),
+    "alexnet": ("alexnet-owt-7be5be79.pth", "GLVC_ALEXNET_WEIGHTS"),
+}
+_N_CONV = {"vgg16": 13, "alexnet": 5}
+
+
+# ---------------------------------------------------------------------------
+# result type
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    """One metric over one clip.
+
+    ``value`` is the clip score (mean over frames) or ``None`` when the metric
+    is unavailable, in which case ``unavailable_reason`` says why.
+    ``per_frame`` holds the per-frame scores (length T) when computed.
+    ``str()`` gives ``"0.1234"`` or ``"unavailable: <reason>"``.
+    """
+
+    name: str
+    value: float | None
+    unavailable_reason: str | None = None
+    per_frame: tuple[float, ...] | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.value is not None
+
+    def __str__(self) -> str:
+        if self.value is None:
+            return f"unavailable: {self.unavailable_reason}"
+        return f"{self.value:.4f}"
+
+    def __float__(self) -> float:
+        if self.value is None:
+            raise ValueError(f"{self.name} is unavailable: {self.unavailable_reason}")
+        return float(self.value)
+
+
+class MetricUnavailable(RuntimeError):
+    """Raised internally when a metric cannot be computed honestly (e.g. no backbone weights)."""
+
+
+def _value(name: str, per_frame: Sequence[float]) -> MetricValue:
+    pf = tuple(float(v) for v in per_frame)
+    return MetricValue(name=name, value=float(np.mean(pf)), per_frame=pf)
+
+
+def _unavailable(name: str, reason: str) -> MetricValue:
+    return MetricValue(name=name, value=None, unavailable_reason=reason)
+
+
+# ---------------------------------------------------------------------------
+# input handling
+
+
+def _check_pair(ref: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and normalise to (T, H, W, 3) uint8."""
+    ref = np.asarray(ref)
+    dist = np.asarray(dist)
+    if ref.ndim == 3:
+        ref = ref[None]
+    if dist.ndim == 3:
+        dist = dist[None]
+    for label, a in (("ref", ref), ("dist", dist)):
+        if a.dtype != np.uint8:
+            raise TypeError(f"{label} must be uint8 RGB 0-255, got dtype {a.dtype}")
+        if a.ndim != 4 or a.shape[-1] != 3:
+            raise ValueError(f"{label} must have shape (T, H, W, 3), got {a.shape}")
+        if a.shape[0] < 1 or a.shape[1] < 1 or a.shape[2] < 1:
+            raise ValueError(f"{label} is empty: shape {a.shape}")
+    if ref.shape != dist.shape:
+        raise ValueError(f"ref and dist shapes differ: {ref.shape} vs {dist.shape}")
+    return ref, dist
+
+
+def _chunks(n: int, batch_frames: int) -> Iterable[tuple[int, int]]:
+    if batch_frames < 1:
+        raise ValueError(f"batch_frames must be >= 1, got {batch_frames}")
+    for s in range(0, n, batch_frames):
+        yield s, min(n, s + batch_frames)
+
+
+NET_MAX_PIXELS_PER_BATCH = 1_000_000
+"""LPIPS/DISTS process at most this many pixels per forward pass (VGG16's first
+layers hold 64 float32 channels per pixel, ~0.25 GB per activation per Mpx), so
+``batch_frames`` is reduced for large frames; at least one frame per pass."""
+
+
+def _net_batch(batch_frames: int, h: int, w: int) -> int:
+    return max(1, min(batch_frames, NET_MAX_PIXELS_PER_BATCH // (h * w)))
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _to_nchw(frames: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in 0-255 on ``device``."""
+    t = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
+    return t.permute(0, 3, 1, 2).float()
+
+
+# ---------------------------------------------------------------------------
+# PSNR
+
+
+def rgb_to_y_bt601_full(frames: np.ndarray) -> np.ndarray:
+    """Full-range BT.601 luma ``0.299 R + 0.587 G + 0.114 B`` as float32 0-255, shape (..., H, W)."""
+    f = frames.astype(np.float32)
+    return 0.299 * f[..., 0] + 0.587 * f[..., 1] + 0.114 * f[..., 2]
+
+
+def rgb_to_y_bt601_limited(frames: np.ndarray) -> np.ndarray:
+    """8-bit limited-range BT.601 luma (16-235), rounded, as float32, shape (..., H, W).
+
+    ``Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255`` - the Y plane an
+    rgb24 -> yuv420p (BT.601, "tv" range) conversion produces.
+    """
+    f = frames.astype(np.float32)
+    y = 16.0 + (65.481 * f[..., 0] + 128.553 * f[..., 1] + 24.966 * f[..., 2]) / 255.0
+    return np.clip(np.round(y), 0, 255).astype(np.float32)
+
+
+def _psnr_from_mse(mse: np.ndarray) -> np.ndarray:
+    out = np.full(mse.shape, PSNR_MAX_DB, dtype=np.float64)
+    nz = mse > 0
+    out[nz] = np.minimum(PSNR_MAX_DB, 10.0 * np.log10(255.0**2 / mse[nz]))
+    return out
+
+
+def psnr_rgb(ref: np.ndarray, dist: np.ndarray, batch_frames: int = 8) -> MetricValue:
+    """PSNR (dB) over R, G, B jointly, peak 255: mean over frames of per-frame PSNR (cap 100 dB)."""
+    ref, dist = _check_pair(ref, dist)
+    per = []
+    for s, e in _chunks(ref.shape[0], batch_frames):
+        d = ref[s:e].astype(np.float64) - dist[s:e].astype(np.float64)
+        per.append(_psnr_from_mse((d * d).mean(axis=(1, 2, 3))))
+    return _value("PSNR-RGB", np.concatenate(per))
+
+
+def psnr_y(ref: np.ndarray, dist: np.ndarray, batch_frames: int = 8) -> MetricValue:
+    """PSNR (dB) of full-range BT.601 luma (float, peak 255), mean of per-frame PSNR (cap 100 dB)."""
+    ref, dist = _check_pair(ref, dist)
+    per = []
+    for s, e in _chunks(ref.shape[0], batch_frames):
+        d = rgb_to_y_bt601_full(ref[s:e]).astype(np.float64) - rgb_to_y_bt601_full(dist[s:e])
+        per.append(_psnr_from_mse((d * d).mean(axis=(1, 2))))
+    return _value("PSNR-Y", np.concatenate(per))
+
+
+# ---------------------------------------------------------------------------
+# MS-SSIM / SSIM
+
+
+def ms_ssim(
+    ref: np.ndarray,
+    dist: np.ndarray,
+    device: str | torch.device | None = None,
+    batch_frames: int = 8,
+) -> MetricValue:
+    """MS-SSIM on RGB 0-255 (data_range 255), mean over channels and frames.
+
+    Falls back to single-scale SSIM when a side is < 161 px (result name
+    ``"SSIM (frame too small for MS-SSIM: HxW < 161 px)"``); below 11 px the
+    Gaussian window shrinks to the largest odd size that fits (named too).
+    """
+    import pytorch_msssim
+
+    ref, dist = _check_pair(ref, dist)
+    dev = _resolve_device(device)
+    h, w = ref.shape[1:3]
+    side = min(h, w)
+    if side >= MS_SSIM_MIN_SIDE:
+        name = "MS-SSIM"
+
+        def fn(x, y):
+            return pytorch_msssim.ms_ssim(x, y, data_range=255.0, size_average=False)
+
+    else:
+        win = 11 if side >= 11 else (side if side % 2 == 1 else side - 1)
+        name = f"SSIM (frame too small for MS-SSIM: {h}x{w}, needs >= {MS_SSIM_MIN_SIDE} px per side)"
+        if win != 11:
+            name = name[:-1] + f"; {win}x{win} window)"
+
+        def fn(x, y, win=win):
+            return pytorch_msssim.ssim(x, y, data_range=255.0, size_average=False, win_size=win)
+
+    per = []
+    with torch.inference_mode():
+        for s, e in _chunks(ref.shape[0], batch_frames):
+            v = fn(_to_nchw(ref[s:e], dev), _to_nchw(dist[s:e], dev))
+            per.extend(v.double().cpu().reshape(-1).tolist())
+    return _value(name, per)
+
+
+# ---------------------------------------------------------------------------
+# network cache
+
+_CACHE: dict[tuple, torch.nn.Module] = {}
+_CACHE_LOCK = threading.Lock()
+_HASH_OK: dict[tuple[str, float, int], bool] = {}
+
+
+def clear_model_cache() -> None:
+    """Drop all cached networks (VMAF, LPIPS, DISTS) and weight-file checks."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+        _HASH_OK.clear()
+
+
+def _cached(key: tuple, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    with _CACHE_LOCK:
+        m = _CACHE.get(key)
+        if m is None:
+            m = build()
+            _CACHE[key] = m
+        return m
+
+
+# ---------------------------------------------------------------------------
+# VMAF
+
+
+def _vmaf_model(device: torch.device) -> torch.nn.Module:
+    def build():
+        import vmaf_torch
+
+        return vmaf_torch.VMAF(temporal_pooling=False, enable_motion=True, clip_score=True).to(device).eval()
+
+    return _cached(("vmaf", str(device)), build)
+
+
+def vmaf(
+    ref: np.ndarray,
+    dist: np.ndarray,
+    device: str | torch.device | None = None,
+    batch_frames: int = 8,
+) -> MetricValue:
+    """VMAF v0.6.1 (vmaf-torch), per-frame scores clipped to [0, 100] and averaged.
+
+    Input to the model: 8-bit limited-range BT.601 Y planes, (N, 1, H, W)
+    float 0-255.  Frames are processed in chunks of ``batch_frames`` with one
+    frame of context on each side, so the motion2 feature (min of the SAD to
+    the previous and next reference frame; 0 for the first frame) is the same
+    as for the whole clip at once.  Unavailable when a side is < 17 px.
+    """
+    ref, dist = _check_pair(ref, dist)
+    t, h, w = ref.shape[:3]
+    if min(h, w) < VMAF_MIN_SIDE:
+        return _unavailable("VMAF", f"frame {h}x{w} too small for VMAF (needs >= {VMAF_MIN_SIDE} px per side)")
+    dev = _resolve_device(device)
+    model = _vmaf_model(dev)
+    per: list[float] = []
+    with torch.inference_mode():
+        for s, e in _chunks(t, batch_frames):
+            lo, hi = max(0, s - 1), min(t, e + 1)
+            yr = torch.from_numpy(rgb_to_y_bt601_limited(ref[lo:hi])).to(dev)[:, None]
+            yd = torch.from_numpy(rgb_to_y_bt601_limited(dist[lo:hi])).to(dev)[:, None]
+            scores = model(yr, yd).double().cpu().reshape(-1)
+            per.extend(scores[s - lo : e - lo].tolist())
+    return _value("VMAF", per)
+
+
+# ---------------------------------------------------------------------------
+# backbone weights
+
+
+def backbone_weights_path(arch: str) -> tuple[str | None, str]:
+    """Where the ImageNet weights of ``arch`` ('vgg16' | 'alexnet') would be read from.
+
+    Returns ``(path or None, explanation)``; ``None`` when no file exists.
+    """
+    fname, env = _HUB_FILES[arch]
+    p = os.environ.get(env)
+    if p:
+        if os.path.isfile(p):
+            return p, f"${env}={p}"
+        return None, f"${env} points to {p!r}, which is not a file"
+    hub = os.path.join(torch.hub.get_dir(), "checkpoints", fname)
+    if os.path.isfile(hub):
+        return hub, hub
+    return None, (
+        f"ImageNet {arch} weights not found: no {hub} and ${env} unset "
+        f"(torchvision downloads are blocked here; copy {fname} there or set ${env})"
+    )
+
+
+def _check_canonical_hash(path: str, arch: str) -> None:
+    """A file named like torchvision's (``name-<sha256[:8]>.pth``) must match that prefix."""
+    fname = _HUB_FILES[arch][0]
+    if os.path.basename(path) != fname:
+        return
+    st = os.stat(path)
+    key = (path, st.st_mtime, st.st_size)
+    if _HASH_OK.get(key):
+        return
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    expected = fname.rsplit("-", 1)[1].split(".")[0]
+    if not h.hexdigest().startswith(expected):
+        raise MetricUnavailable(
+            f"{path} has sha256 {h.hexdigest()[:16]}..., expected prefix {expected}: not torchvision's ImageNet {arch}"
+        )
+    _HASH_OK[key] = True
+
+
+def _load_backbone_file(arch: str) -> tuple[dict, str]:
+    path, why = backbone_weights_path(arch)
+    if path is None:
+        raise MetricUnavailable(why)
+    _check_canonical_hash(path, arch)
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt / not a state dict
+        raise MetricUnavailable(f"cannot read {arch} weights {path}: {exc}") from exc
+    if not isinstance(sd, Mapping):
+        raise MetricUnavailable(f"{path} holds a {type(sd).__name__}, not a state dict")
+    return dict(sd), path
+
+
+def _load_conv_backbone(containers: Sequence[torch.nn.Module], state_dict: Mapping, arch: str) -> None:
+    """Copy torchvision ``features.<i>.{weight,bias}`` into the conv layers of ``containers``.
+
+    lpips' ``slice*`` and DISTS' ``stage*`` Sequentials keep torchvision's
+    feature indices as child names, so child ``"<i>"`` <- ``features.<i>``.
+    Raises MetricUnavailable if keys are missing or shapes differ.
+    """
+    n = 0
+    for cont in containers:
+        for name, child in cont.named_children():
+            if not isinstance(child, torch.nn.Conv2d):
+                continue
+            for pname in ("weight", "bias"):
+                src = None
+                for k in (f"features.{name}.{pname}", f"{name}.{pname}"):
+                    if k in state_dict:
+                        src = state_dict[k]
+                        break
+                if src is None:
+                    raise MetricUnavailable(f"{arch} weights lack features.{name}.{pname}")
+                dst = getattr(child, pname)
+                if tuple(src.shape) != tuple(dst.shape):
+                    raise MetricUnavailable(
+                        f"{arch} weights features.{name}.{pname} has shape {tuple(src.shape)}, expected {tuple(dst.shape)}"
+                    )
+                with torch.no_grad():
+                    dst.copy_(src.to(dst.dtype))
+            n += 1
+    if n != _N_CONV[arch]:
+        raise RuntimeError(f"loaded {n} conv layers into the {arch} trunk, expected {_N_CONV[arch]}")
+
+
+# ---------------------------------------------------------------------------
+# LPIPS
+
+_LPIPS_ARCH = {"alex": "alexnet", "vgg": "vgg16"}
+
+
+def _build_lpips(net: str, state_dict: Mapping, device: torch.device) -> torch.nn.Module:
+    import lpips as lpips_pkg
+
+    with warnings.catch_warnings():
+        # torchvision's deprecation warning for pretrained=False (which lpips passes when pnet_rand=True)
+        warnings.simplefilter("ignore", UserWarning)
+        m = lpips_pkg.LPIPS(net=net, version="0.1", pretrained=True, pnet_rand=True, verbose=False)
+    _load_conv_backbone(list(m.net.children()), state_dict, _LPIPS_ARCH[net])
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m.to(device).eval()
+
+
+def lpips(
+    ref: np.ndarray,
+    dist: np.ndarray,
+    net: str = "alex",
+    device: str | torch.device | None = None,
+    batch_frames: int = 8,
+    backbone_state_dict: Mapping | None = None,
+    model: torch.nn.Module | None = None,
+) -> MetricValue:
+    """LPIPS v0.1 (lower is better), per frame on RGB scaled to [-1, 1], mean over frames.
+
+    ``net``: ``"alex"`` (default) or ``"vgg"``.  The trunk's ImageNet weights
+    come from :func:`backbone_weights_path`; absent -> unavailable.  For tests:
+    ``backbone_state_dict`` (torchvision ``features.*`` keys) builds an
+    uncached model with that trunk; ``model`` uses a ready ``lpips.LPIPS``.
+    """
+    if net not in _LPIPS_ARCH:
+        raise ValueError(f"net must be 'alex' or 'vgg', got {net!r}")
+    name = f"LPIPS-{'Alex' if net == 'alex' else 'VGG'}"
+    ref, dist = _check_pair(ref, dist)
+    dev = _resolve_device(device)
+    try:
+        if model is None:
+            if backbone_state_dict is not None:
+                model = _build_lpips(net, backbone_state_dict, dev)
+            else:
+                arch = _LPIPS_ARCH[net]
+                path, why = backbone_weights_path(arch)
+                if path is None:
+                    raise MetricUnavailable(why)
+                st = os.stat(path)
+                model = _cached(
+                    ("lpips", net, str(dev), path, st.st_mtime, st.st_size),
+                    lambda: _build_lpips(net, _load_backbone_file(arch)[0], dev),
+                )
+        else:
+            model = model.to(dev).eval()
+    except MetricUnavailable as exc:
+        return _unavailable(name, str(exc))
+    per: list[float] = []
+    nb = _net_batch(batch_frames, *ref.shape[1:3])
+    with torch.inference_mode():
+        for s, e in _chunks(ref.shape[0], nb):
+            x = _to_nchw(ref[s:e], dev) / 127.5 - 1.0
+            y = _to_nchw(dist[s:e], dev) / 127.5 - 1.0
+            per.extend(model(x, y).double().cpu().reshape(-1).tolist())
+    return _value(name, per)
+
+
+# ---------------------------------------------------------------------------
+# DISTS
+
+
+def _dists_alpha_beta() -> tuple[torch.Tensor, torch.Tensor]:
+    import DISTS_pytorch
+
+    candidates = [
+        os.path.join(os.path.dirname(DISTS_pytorch.__file__), "weights.pt"),
+        os.path.join(sys.prefix, "weights.pt"),  # where DISTS_pytorch itself looks
+    ]
+    for p in candidates:
+        if os.path.isfile(p):
+            w = torch.load(p, map_location="cpu", weights_only=True)
+            return w["alpha"], w["beta"]
+    raise MetricUnavailable(f"DISTS alpha/beta weights.pt not found in {candidates}")
+
+
+def _vgg16_features() -> torch.nn.Sequential:
+    """torchvision VGG16 ``features`` with random init (no download, no classifier)."""
+    import torchvision
+
+    try:
+        from torchvision.models.vgg import cfgs, make_layers
+
+        return make_layers(cfgs["D"], batch_norm=False)
+    except ImportError:  # pragma: no cover - older/newer torchvision layout
+        return torchvision.models.vgg16(weights=None).features
+
+
+def _dists_class():
+    from DISTS_pytorch import DISTS
+    from DISTS_pytorch.DISTS_pt import L2pooling
+
+    class LocalDISTS(DISTS):
+        """DISTS_pytorch.DISTS with the same layers and forward, built without a download.
+
+        The package's ``__init__`` calls ``torchvision.models.vgg16(pretrained=True)``
+        (a download) and reads alpha/beta from ``sys.prefix``; this one takes the
+        VGG trunk and alpha/beta as arguments.  ``forward`` is inherited unchanged.
+        """
+
+        def __init__(self, vgg_state_dict: Mapping, alpha: torch.Tensor, beta: torch.Tensor):
+            torch.nn.Module.__init__(self)
+            feats = _vgg16_features()
+            self.stage1 = torch.nn.Sequential()
+            self.stage2 = torch.nn.Sequential()
+            self.stage3 = torch.nn.Sequential()
+            self.stage4 = torch.nn.Sequential()
+            self.stage5 = torch.nn.Sequential()
+            for x in range(0, 4):
+                self.stage1.add_module(str(x), feats[x])
+            self.stage2.add_module(str(4), L2pooling(channels=64))
+            for x in range(5, 9):
+                self.stage2.add_module(str(x), feats[x])
+            self.stage3.add_module(str(9), L2pooling(channels=128))
+            for x in range(10, 16):
+                self.stage3.add_module(str(x), feats[x])
+            self.stage4.add_module(str(16), L2pooling(channels=256))
+            for x in range(17, 23):
+                self.stage4.add_module(str(x), feats[x])
+            self.stage5.add_module(str(23), L2pooling(channels=512))
+            for x in range(24, 30):
+                self.stage5.add_module(str(x), feats[x])
+            self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, -1, 1, 1))
+            self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, -1, 1, 1))
+            self.chns = [3, 64, 128, 256, 512, 512]
+            if tuple(alpha.shape) != (1, sum(self.chns), 1, 1) or tuple(beta.shape) != tuple(alpha.shape):
+                raise MetricUnavailable(
+                    f"DISTS alpha/beta shapes {tuple(alpha.shape)}/{tuple(beta.shape)}, expected (1, {sum(self.chns)}, 1, 1)"
+                )
+            self.register_parameter("alpha", torch.nn.Parameter(alpha.clone().float()))
+            self.register_parameter("beta", torch.nn.Parameter(beta.clone().float()))
+            _load_conv_backbone([self.stage1, self.stage2, self.stage3, self.stage4, self.stage5], vgg_state_dict, "vgg16")
+            for p in self.parameters():
+                p.requires_grad_(False)
+
+    return LocalDISTS
+
+
+def _build_dists(state_dict: Mapping, device: torch.device) -> torch.nn.Module:
+    alpha, beta = _dists_alpha_beta()
+    return _dists_class()(state_dict, alpha, beta).to(device).eval()
+
+
+def dists(
+    ref: np.ndarray,
+    dist: np.ndarray,
+    device: str | torch.device | None = None,
+    batch_frames: int = 8,
+    backbone_state_dict: Mapping | None = None,
+    model: torch.nn.Module | None = None,
+) -> MetricValue:
+    """DISTS (lower is better), per frame on RGB scaled to [0, 1], mean over frames.
+
+    The VGG16 trunk's ImageNet weights come from :func:`backbone_weights_path`;
+    absent -> unavailable.  Tests may pass ``backbone_state_dict``
+    (torchvision ``features.*`` keys) or a ready ``model`` (a DISTS module).
+    """
+    name = "DISTS"
+    ref, dist = _check_pair(ref, dist)
+    dev = _resolve_device(device)
+    try:
+        if model is None:
+            if backbone_state_dict is not None:
+                model = _build_dists(backbone_state_dict, dev)
+            else:
+                path, why = backbone_weights_path("vgg16")
+                if path is None:
+                    raise MetricUnavailable(why)
+                st = os.stat(path)
+                model = _cached(
+                    ("dists", str(dev), path, st.st_mtime, st.st_size),
+                    lambda: _build_dists(_load_backbone_file("vgg16")[0], dev),
+                )
+        else:
+            model = model.to(dev).eval()
+    except MetricUnavailable as exc:
+        return _unavailable(name, str(exc))
+    per: list[float] = []
+    nb = _net_batch(batch_frames, *ref.shape[1:3])
+    with torch.inference_mode():
+        for s, e in _chunks(ref.shape[0], nb):
+            x = _to_nchw(ref[s:e], dev) / 255.0
+            y = _to_nchw(dist[s:e], dev) / 255.0
+            per.extend(model(x, y).double().cpu().reshape(-1).tolist())
+    return _value(name, per)
+
+
+# ---------------------------------------------------------------------------
+# all together
+
+
+def compute_all(
+    ref: np.ndarray,
+    dist: np.ndarray,
+    metrics: Sequence[str] = ALL_METRICS,
+    device: str | torch.device | None = None,
+    batch_frames: int = 8,
+) -> dict[str, MetricValue]:
+    """Compute several metrics; returns ``{key: MetricValue}`` in the order asked.
+
+    Keys: ``psnr`` (RGB), ``psnr_y``, ``ms_ssim`` (SSIM fallback on small
+    frames), ``vmaf``, ``lpips`` (= ``lpips_alex``), ``lpips_vgg``, ``dists``.
+    Each metric walks the clip in chunks of ``batch_frames`` frames (fewer for
+    LPIPS/DISTS on large frames, see :data:`NET_MAX_PIXELS_PER_BATCH`), so
+    memory is bounded by the chunk, on ``device`` (default: CUDA if available, else
+    CPU).  Metrics that cannot be computed come back with ``value=None`` and a
+    reason instead of raising.
+    """
+    ref, dist = _check_pair(ref, dist)
+    dev = _resolve_device(device)
+    table: dict[str, Callable[[], MetricValue]] = {
+        "psnr": lambda: psnr_rgb(ref, dist, batch_frames=batch_frames),
+        "psnr_rgb": lambda: psnr_rgb(ref, dist, batch_frames=batch_frames),
+        "psnr_y": lambda: psnr_y(ref, dist, batch_frames=batch_frames),
+        "ms_ssim": lambda: ms_ssim(ref, dist, device=dev, batch_frames=batch_frames),
+        "vmaf": lambda: vmaf(ref, dist, device=dev, batch_frames=batch_frames),
+        "lpips": lambda: lpips(ref, dist, net="alex", device=dev, batch_frames=batch_frames),
+        "lpips_alex": lambda: lpips(ref, dist, net="alex", device=dev, batch_frames=batch_frames),
+        "lpips_vgg": lambda: lpips(ref, dist, net="vgg", device=dev, batch_frames=batch_frames),
+        "dists": lambda: dists(ref, dist, device=dev, batch_frames=batch_frames),
+    }
+    unknown = [m for m in metrics if m not in table]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; choose from {sorted(table)}")
+    return {m: table[m]() for m in metrics}
+
+
+def format_results(results: Mapping[str, MetricValue]) -> str:
+    """One line per metric, ``"<name>  <value or unavailable: reason>"``."""
+    width = max((len(v.name) for v in results.values()), default=0)
+    return "\n".join(f"{v.name:<{width}}  {v}" for v in results.values())

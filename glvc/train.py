@@ -1,0 +1,479 @@
+"""Training: stage 1 the tokenizer, stage 2 the latent codec. ``python -m glvc train --config CONFIG``.
+
+Runs unchanged as one CPU process or under ``torchrun --nproc_per_node N`` (DDP; NCCL on GPUs,
+Gloo on CPUs). Each stage checkpoints to ``<output_dir>/<stage>.pt`` every
+``checkpoint_every`` steps and resumes from it; a finished stage is skipped. Logs go to
+``<output_dir>/log_<stage>.csv`` (step, seconds, loss terms, bpp, PSNR).
+
+Stage 1, tokenizer (``AutoencoderKLWan``, or a pretrained one that is then only measured):
+  L1 + ssim_weight * (1 - MS-SSIM) + kl_weight * KL on clips of 1 + 4k frames, and from
+  ``gan_start`` on a hinge patch-GAN on the decoder output (discriminator trained from scratch;
+  no pretrained perceptual network is available offline). Afterwards the per-channel latent
+  mean/std are measured and stored in the VAE config, so the codec sees normalised latents.
+Stage 2, latent codec: the tokenizer is frozen; clips are encoded to latents and the codec is
+  unrolled over all latent frames with its recurrent memory; loss = bpp + lambda(q) * latent MSE,
+  with q drawn per sample and lambda interpolated between the anchors' lambdas (as DCVC-FM).
+
+The exported model (``<output_dir>/model``) is a GLVC folder: ``tokenizer/`` and ``codec/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+DEFAULT_CONFIG = {
+    "output_dir": "runs/default",
+    "seed": 0,
+    "amp": "bf16",  # bf16 autocast on CUDA; ignored on CPU
+    "log_every": 20,
+    "checkpoint_every": 200,
+    "max_minutes": None,  # pause (checkpointed, resumable) after this wall time in one run
+    "data": {"root": "data/train_set", "photo_fraction": 0.5},
+    "tokenizer": {
+        "pretrained": None,  # e.g. {"name_or_path": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "subfolder": "vae"}
+        "config": {
+            "base_dim": 32,
+            "z_dim": 16,
+            "dim_mult": [1, 2, 4],
+            "num_res_blocks": 1,
+            "temperal_downsample": [True, True],
+            "patch_size": 2,
+            "in_channels": 12,
+            "out_channels": 12,
+            "scale_factor_spatial": 8,
+        },
+        "steps": 2000,
+        "batch": 8,
+        "frames": 9,
+        "size": 128,
+        "lr": 3e-4,
+        "warmup": 100,
+        "l1_weight": 1.0,
+        "ssim_weight": 0.2,
+        "kl_weight": 1e-6,
+        "minutes": None,  # time budget: the stage ends at `steps` or after this many minutes
+        "gan_start": None,  # fraction of the stage (0..1) after which the patch GAN is on; None = never
+        "gan_weight": 0.05,
+        "stats_batches": 8,
+    },
+    "codec": {
+        "config": {},
+        "steps": 2000,
+        "batch": 8,
+        "frames": 17,
+        "size": 256,
+        "minutes": None,
+        "lr": 2e-4,
+        "warmup": 100,
+        "aux_lr": 1e-3,
+    },
+}
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "config" else value
+    return out
+
+
+def load_config(path: str) -> dict:
+    with open(path) as f:
+        return merge(DEFAULT_CONFIG, json.load(f))
+
+
+# ---------------------------------------------------------------------------- distributed
+class Runtime:
+    """Device, rank and world size; DDP when launched by torchrun."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            self.device = torch.device("cuda", local)
+            torch.cuda.set_device(self.device)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
+        else:
+            self.device = torch.device("cpu")
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        return module
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+    def mean(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], device=self.device)
+        dist.all_reduce(t)
+        return t.item() / self.world
+
+
+def autocast(rt: Runtime, cfg: dict):
+    if rt.device.type == "cuda" and cfg.get("amp") == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def lr_at(step: int, base: float, warmup: int, progress: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 10% as ``progress`` goes 0 -> 1."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+class StageClock:
+    """A stage ends after ``steps`` or, when ``minutes`` is set, after that much training time,
+    whichever comes first. ``progress`` (0 -> 1) drives the schedules either way."""
+
+    def __init__(self, scfg: dict, step: int, elapsed: float = 0.0):
+        self.steps = scfg["steps"]
+        self.budget = 60.0 * scfg["minutes"] if scfg.get("minutes") else None
+        self.elapsed_before = elapsed
+        self.start = time.time()
+        self.step = step
+
+    @property
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self.start
+
+    @property
+    def progress(self) -> float:
+        by_steps = self.step / self.steps
+        return max(by_steps, self.elapsed / self.budget) if self.budget else by_steps
+
+    @property
+    def done(self) -> bool:
+        return self.progress >= 1.0
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
+    """PSNR in dB of tensors in [-1, 1]."""
+    mse = F.mse_loss(x.float().clamp(-1, 1), y.float()).item()
+    return 10 * math.log10(4.0 / max(mse, 1e-12))
+
+
+class Logger:
+    """Appends one CSV row per log step to ``<output_dir>/log_<stage>.csv`` and echoes it."""
+
+    def __init__(self, directory: str, enabled: bool):
+        self.enabled = enabled
+        self.directory = directory
+        self.start = time.time()
+
+    def log(self, stage: str, step: int, **values):
+        if not self.enabled:
+            return
+        row = {"stage": stage, "step": step, "seconds": round(time.time() - self.start, 1)}
+        row.update({k: round(float(v), 6) for k, v in values.items()})
+        path = os.path.join(self.directory, f"log_{stage}.csv")
+        new = not os.path.exists(path)
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+
+
+# ---------------------------------------------------------------------------- stage 1
+class PatchDiscriminator(nn.Module):
+    """A small 2-D PatchGAN applied to every frame: (N, 3, H, W) -> (N, 1, H/8, W/8) logits."""
+
+    def __init__(self, channels: int = 64):
+        super().__init__()
+        c = channels
+        self.net = nn.Sequential(
+            nn.Conv2d(3, c, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(c, 2 * c, 4, 2, 1), nn.GroupNorm(8, 2 * c), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * c, 4 * c, 4, 2, 1), nn.GroupNorm(8, 4 * c), nn.LeakyReLU(0.2),
+            nn.Conv2d(4 * c, 1, 3, 1, 1),
+        )
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.net(frames)
+
+
+def _frames2d(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, T, H, W) -> (B*T, 3, H, W)."""
+    return x.transpose(1, 2).reshape(-1, x.shape[1], x.shape[3], x.shape[4])
+
+
+def ssim_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """1 - MS-SSIM (3 scales, window 7) over all frames, or 1 - SSIM for crops under 97 px; inputs in [-1, 1]."""
+    from pytorch_msssim import ms_ssim, ssim
+
+    if torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(x.device.type, enabled=False):
+            return ssim_loss(x.float(), y.float())
+    a = (_frames2d(x).float().clamp(-1, 1) + 1) / 2
+    b = (_frames2d(y).float() + 1) / 2
+    if min(a.shape[-2:]) > 96:  # pytorch_msssim asserts side > (win_size - 1) * 16
+        return 1 - ms_ssim(a, b, data_range=1.0, weights=[0.2, 0.3, 0.5], win_size=7)
+    return 1 - ssim(a, b, data_range=1.0, win_size=7)
+
+
+class _VAEStep(nn.Module):
+    """The VAE's training forward in one call (DDP syncs gradients only through forward)."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor):
+        posterior = self.vae.encode(x).latent_dist
+        z = posterior.sample()
+        x_hat = self.vae.decode(z).sample
+        kl = posterior.kl().mean() / z[0].numel()
+        return x_hat, kl
+
+
+class _CodecUnroll(nn.Module):
+    """The codec unrolled over every latent frame of a clip, with its recurrent memory."""
+
+    def __init__(self, codec):
+        super().__init__()
+        self.codec = codec
+
+    def forward(self, z: torch.Tensor, quality: torch.Tensor):
+        """z (B, C, T', h, w) -> (bits (B,), mean latent MSE (B,))."""
+        state = self.codec.initial_state()
+        bits = z.new_zeros(z.shape[0])
+        mse = z.new_zeros(z.shape[0])
+        for t in range(z.shape[2]):
+            result = self.codec(z[:, :, t], state, quality)
+            state = result["state"]
+            bits = bits + result["bits"]
+            mse = mse + (result["z_hat"] - z[:, :, t]).pow(2).flatten(1).mean(1)
+        return bits, mse / z.shape[2]
+
+
+def run_stage(name: str, scfg: dict, cfg: dict, rt: Runtime, logger: Logger, ckpt_path: str, modules: dict, step_fn) -> bool:
+    """The loop both stages share: resume, step, log, checkpoint, stop on steps/minutes.
+
+    ``modules`` maps names to objects with ``state_dict``/``load_state_dict`` (models and
+    optimisers) saved in the checkpoint; ``step_fn(step, progress)`` runs one optimisation
+    step and returns the values to log. Returns True when the stage is complete, False when
+    the session-wide ``max_minutes`` stopped it first (rerun to resume).
+    """
+    step, elapsed = 0, 0.0
+    if os.path.isfile(ckpt_path):
+        ckpt = torch.load(ckpt_path, map_location=rt.device, weights_only=False)
+        for key, module in modules.items():
+            module.load_state_dict(ckpt[key])
+        step, elapsed = ckpt["step"], ckpt.get("elapsed", 0.0)
+        if rt.main:
+            print(f"{name}: resumed at step {step} ({elapsed / 60:.1f} min trained)", flush=True)
+    clock = StageClock(scfg, step, elapsed)
+    session_start = time.time()
+
+    def save():
+        if rt.main:
+            state = {key: module.state_dict() for key, module in modules.items()}
+            state.update(step=clock.step, elapsed=clock.elapsed)
+            torch.save(state, ckpt_path + ".tmp")
+            os.replace(ckpt_path + ".tmp", ckpt_path)
+        rt.barrier()
+
+    while not clock.done:
+        values = step_fn(clock.step, clock.progress)
+        clock.step += 1
+        if clock.step % cfg["log_every"] == 0 or clock.done:
+            logger.log(name, clock.step, **{k: rt.mean(v) for k, v in values.items()})
+        paused = bool(cfg.get("max_minutes")) and time.time() - session_start > 60 * cfg["max_minutes"]
+        if clock.step % cfg["checkpoint_every"] == 0 or clock.done or paused:
+            save()
+        if paused and not clock.done:
+            if rt.main:
+                print(f"{name}: paused at step {clock.step} (max_minutes); rerun to resume", flush=True)
+            return False
+    return True
+
+
+def train_tokenizer(cfg: dict, rt: Runtime, data, logger: Logger):
+    """Stage 1. Returns the trained VAE (eval mode, latent statistics set), or None if paused."""
+    from diffusers import AutoencoderKLWan
+
+    tcfg = cfg["tokenizer"]
+    out = os.path.join(cfg["output_dir"], "model", "tokenizer")
+    if tcfg.get("pretrained"):
+        src = tcfg["pretrained"]
+        return AutoencoderKLWan.from_pretrained(src["name_or_path"], subfolder=src.get("subfolder"))
+    if os.path.isfile(os.path.join(out, "config.json")):
+        return AutoencoderKLWan.from_pretrained(out, torch_dtype=torch.float32)
+    torch.manual_seed(cfg["seed"])
+    vae = AutoencoderKLWan(**tcfg["config"]).to(rt.device)
+    disc = PatchDiscriminator().to(rt.device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=tcfg["lr"], betas=(0.9, 0.99), weight_decay=1e-4)
+    opt_d = torch.optim.AdamW(disc.parameters(), lr=tcfg["lr"], betas=(0.5, 0.99))
+    model, disc_model = rt.wrap(_VAEStep(vae)), rt.wrap(disc)
+
+    def step_fn(step: int, progress: float) -> dict:
+        lr = lr_at(step, tcfg["lr"], tcfg["warmup"], progress)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x = data.sample(tcfg["batch"], tcfg["frames"], tcfg["size"])
+        use_gan = tcfg.get("gan_start") is not None and progress >= tcfg["gan_start"]
+        with autocast(rt, cfg):
+            x_hat, kl = model(x)
+            fake_logits = disc_model(_frames2d(x_hat)) if use_gan else None
+        # losses in float32: SSIM's local variances cancel catastrophically in bf16 (measured: NaN within 100 steps)
+        x_hat, kl = x_hat.float(), kl.float()
+        l1 = (x_hat - x).abs().mean()
+        ss = ssim_loss(x_hat, x)
+        loss = tcfg["l1_weight"] * l1 + tcfg["ssim_weight"] * ss + tcfg["kl_weight"] * kl
+        g_loss = -fake_logits.float().mean() if use_gan else torch.zeros((), device=rt.device)
+        loss = loss + tcfg["gan_weight"] * g_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        d_loss = torch.zeros(())
+        if use_gan:
+            with autocast(rt, cfg):
+                real = disc_model(_frames2d(x)).float()
+                fake = disc_model(_frames2d(x_hat.detach())).float()
+                d_loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+        return dict(loss=loss.item(), l1=l1.item(), ssim_loss=ss.item(), kl=kl.item(), g_loss=g_loss.item(),
+                    d_loss=d_loss.item(), psnr=psnr(x_hat, x), lr=lr)
+
+    modules = {"model": vae, "disc": disc, "opt": opt, "opt_d": opt_d}
+    if not run_stage("tokenizer", tcfg, cfg, rt, logger, os.path.join(cfg["output_dir"], "tokenizer.pt"), modules, step_fn):
+        return None
+    vae.eval()
+    set_latent_statistics(vae, data, tcfg, rt)
+    if rt.main:
+        # float16 weights: half the size; loaded back as float32 (the values are exactly representable)
+        vae.to(torch.float16).save_pretrained(out)
+        vae.to(torch.float32)
+    rt.barrier()
+    return AutoencoderKLWan.from_pretrained(out, torch_dtype=torch.float32).to(rt.device)
+
+
+@torch.no_grad()
+def set_latent_statistics(vae, data, tcfg: dict, rt: Runtime) -> None:
+    """Measure the per-channel mean/std of the posterior mean and store them in the VAE config."""
+    from .tokenizer import Tokenizer
+
+    vae.register_to_config(latents_mean=[0.0] * vae.config.z_dim, latents_std=[1.0] * vae.config.z_dim)
+    tok = Tokenizer(vae, device=rt.device)
+    latents = torch.cat(
+        [tok.encode(data.sample(tcfg["batch"], tcfg["frames"], tcfg["size"])).transpose(0, 1).flatten(1)
+         for _ in range(tcfg["stats_batches"])],
+        dim=1,
+    )
+    mean = latents.mean(1)
+    std = latents.std(1).clamp_min(1e-3)
+    vae.register_to_config(latents_mean=[round(v, 5) for v in mean.tolist()], latents_std=[round(v, 5) for v in std.tolist()])
+
+
+def train_codec(cfg: dict, rt: Runtime, data, logger: Logger, vae):
+    """Stage 2 on the frozen tokenizer. Returns the trained codec, or None if paused."""
+    from .codec import LatentCodec
+    from .tokenizer import Tokenizer
+
+    ccfg = cfg["codec"]
+    out = os.path.join(cfg["output_dir"], "model", "codec")
+    if os.path.isfile(os.path.join(out, "config.json")):
+        return LatentCodec.from_pretrained(out)
+    torch.manual_seed(cfg["seed"] + 1)
+    tok = Tokenizer(vae, device=rt.device)
+    codec = LatentCodec(latent_channels=tok.latent_channels, **ccfg["config"]).to(rt.device)
+    main_params = [p for n, p in codec.named_parameters() if not n.endswith(".quantiles")]
+    aux_params = [p for n, p in codec.named_parameters() if n.endswith(".quantiles")]
+    opt = torch.optim.AdamW(main_params, lr=ccfg["lr"], weight_decay=0.0)
+    opt_aux = torch.optim.Adam(aux_params, lr=ccfg["aux_lr"])
+    model = rt.wrap(_CodecUnroll(codec))
+    levels = codec.max_quality
+    pixels_per_sample = ccfg["frames"] * ccfg["size"] ** 2
+
+    def step_fn(step: int, progress: float) -> dict:
+        lr = lr_at(step, ccfg["lr"], ccfg["warmup"], progress)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x = data.sample(ccfg["batch"], ccfg["frames"], ccfg["size"])
+        with torch.no_grad(), autocast(rt, cfg):
+            z = tok.encode(x).float()  # (B, C, T', h, w), normalised
+        quality = torch.rand(z.shape[0]) * levels
+        lam = codec.rd_lambda(quality).to(rt.device)
+        bits, mse = model(z, quality.to(rt.device))  # float32: the entropy model is sensitive to precision
+        bpp = bits / pixels_per_sample
+        loss = (bpp + lam * mse).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(main_params, 1.0)
+        opt.step()
+        aux = codec.aux_loss()
+        opt_aux.zero_grad(set_to_none=True)
+        aux.backward()
+        opt_aux.step()
+        values = dict(loss=loss.item(), bpp=bpp.mean().item(), latent_mse=mse.mean().item(), aux=aux.item(), lr=lr)
+        for label, mask in (("low_q", quality < levels / 3), ("high_q", quality > 2 * levels / 3)):
+            mask = mask.to(bpp.device)
+            values[f"bpp_{label}"] = bpp[mask].mean().item() if mask.any() else float("nan")
+            values[f"mse_{label}"] = mse[mask].mean().item() if mask.any() else float("nan")
+        return values
+
+    modules = {"model": codec, "opt": opt, "opt_aux": opt_aux}
+    if not run_stage("codec", ccfg, cfg, rt, logger, os.path.join(cfg["output_dir"], "codec.pt"), modules, step_fn):
+        return None
+    codec.eval()
+    if rt.main:
+        codec.cpu().save_pretrained(out)
+    rt.barrier()
+    return codec
+
+
+def train(cfg: dict) -> str | None:
+    """Run both stages; returns the exported model folder, or None when a stage stopped early."""
+    from .data.dataset import TrainSet
+
+    rt = Runtime()
+    random.seed(cfg["seed"] + rt.rank)
+    os.makedirs(cfg["output_dir"], exist_ok=True)
+    if rt.main:
+        with open(os.path.join(cfg["output_dir"], "config.json"), "w") as f:
+            json.dump(cfg, f, indent=2)
+    data = TrainSet(cfg["data"]["root"], device=rt.device, seed=cfg["seed"] + rt.rank,
+                    **{k: v for k, v in cfg["data"].items() if k != "root"})
+    logger = Logger(cfg["output_dir"], rt.main)
+    vae = train_tokenizer(cfg, rt, data, logger)
+    if vae is None:
+        return None
+    vae = vae.to(rt.device).eval().requires_grad_(False)
+    if cfg["tokenizer"].get("pretrained") and rt.main:
+        os.makedirs(os.path.join(cfg["output_dir"], "model"), exist_ok=True)
+        with open(os.path.join(cfg["output_dir"], "model", "glvc.json"), "w") as f:
+            json.dump({"tokenizer": cfg["tokenizer"]["pretrained"]}, f, indent=2)
+    codec = train_codec(cfg, rt, data, logger, vae)
+    if codec is None:
+        return None
+    return os.path.join(cfg["output_dir"], "model")
