@@ -22,6 +22,7 @@ Format, version 1 (all integers little-endian; ``varint`` is unsigned LEB128, at
             pad frames       varint   frames repeated at the end to reach 1 + 4k (< 4)
             quality          u8       rate index, 0 (lowest rate) .. 63 (highest)
             refresh period   varint   latent frames between memory resets, 0 = never (< 100000)
+            tokenizer segment varint  latent frames per tokenizer segment, 0 = the whole clip (< 100000)
             unit count       varint   number of latent frames that follow (1 .. 25001)
     then ``unit count`` times:
             kind             u8       0 = intra (empty temporal memory), 1 = inter
@@ -29,9 +30,10 @@ Format, version 1 (all integers little-endian; ``varint`` is unsigned LEB128, at
             payload          bytes    the codec's entropy-coded data for one latent frame
     trailer: CRC-32 (zlib) of every byte before it, u32
 
-The unit count must equal ``1 + ceil((frames - 1) / 4)`` (latent frame 0 covers pixel
-frame 0, latent frame t >= 1 covers pixel frames 4t-3 .. 4t), and the first unit must
-be intra. Every limit is checked before anything is allocated, so a bogus length field
+The tokenizer codes the clip in segments of ``1 + 4 (segment - 1)`` pixel frames, each on its
+own (the whole clip when segment is 0): in a segment, latent frame 0 covers pixel frame 0 and
+latent frame t >= 1 covers pixel frames 4t-3 .. 4t. The unit count must equal
+:func:`latent_frame_count`, and the first unit must be intra. Every limit is checked before anything is allocated, so a bogus length field
 cannot make the reader allocate more than the stream itself holds.
 """
 
@@ -62,11 +64,33 @@ class BitstreamError(ValueError):
     """A ``.glvc`` stream is malformed, truncated, corrupted or made for another model."""
 
 
-def latent_frame_count(frames: int) -> int:
-    """Latent frames that code ``frames`` pixel frames: ``1 + ceil((frames - 1) / 4)``."""
+def segment_frames(segment: int) -> int:
+    """Pixel frames in a full tokenizer segment of ``segment`` latent frames: 1 + 4 (segment - 1)."""
+    return 1 + TEMPORAL_STRIDE * (segment - 1)
+
+
+def _segment_lengths(frames: int, segment: int) -> tuple[int, int]:
+    """(full segments, pixel frames in the last, partial segment or 0); segment 0 = one segment."""
     if frames < 1:
         raise ValueError(f"a clip needs at least 1 frame, got {frames}")
-    return 1 + -(-(frames - 1) // TEMPORAL_STRIDE)
+    if segment == 0:
+        return 0, frames
+    return divmod(frames, segment_frames(segment))
+
+
+def latent_frame_count(frames: int, segment: int = 0) -> int:
+    """Latent frames that code ``frames`` pixel frames.
+
+    The tokenizer codes each segment of ``1 + 4 (segment - 1)`` frames on its own (``segment``
+    = 0: the whole clip is one segment); a segment of n frames needs ``1 + ceil((n - 1) / 4)``."""
+    full, rest = _segment_lengths(frames, segment)
+    return full * segment + (1 + -(-(rest - 1) // TEMPORAL_STRIDE) if rest else 0)
+
+
+def pad_frame_count(frames: int, segment: int = 0) -> int:
+    """Frames repeated at the end so that the last segment has 1 + 4k frames."""
+    _, rest = _segment_lengths(frames, segment)
+    return (TEMPORAL_STRIDE - (rest - 1) % TEMPORAL_STRIDE) % TEMPORAL_STRIDE if rest else 0
 
 
 @dataclass(frozen=True)
@@ -80,6 +104,7 @@ class Header:
     fps: Fraction
     quality: int
     refresh_period: int = 0
+    segment: int = 0
     pad_right: int = 0
     pad_bottom: int = 0
     pad_frames: int = 0
@@ -99,9 +124,10 @@ class Header:
         _check_range("pad frames", self.pad_frames, 0, TEMPORAL_STRIDE - 1)
         _check_range("quality", self.quality, 0, MAX_QUALITY)
         _check_range("refresh period", self.refresh_period, 0, MAX_FRAMES)
+        _check_range("tokenizer segment", self.segment, 0, MAX_FRAMES)
         if self.flags != 0:
             raise BitstreamError(f"flags byte is {self.flags:#04x}; version {VERSION} defines no flags")
-        expected_pad = (TEMPORAL_STRIDE - (self.frames - 1) % TEMPORAL_STRIDE) % TEMPORAL_STRIDE
+        expected_pad = pad_frame_count(self.frames, self.segment)
         if self.pad_frames != expected_pad:
             raise BitstreamError(
                 f"pad frames is {self.pad_frames} but {self.frames} frames need {expected_pad} to reach 1 + 4k"
@@ -109,7 +135,7 @@ class Header:
 
     @property
     def latent_frames(self) -> int:
-        return latent_frame_count(self.frames)
+        return latent_frame_count(self.frames, self.segment)
 
 
 @dataclass(frozen=True)
@@ -179,6 +205,7 @@ def pack(header: Header, units: list[FrameUnit]) -> bytes:
         out += write_varint(value)
     out += struct.pack("<B", header.quality)
     out += write_varint(header.refresh_period)
+    out += write_varint(header.segment)
     out += write_varint(len(units))
     for index, unit in enumerate(units):
         if unit.kind not in KIND_NAMES:
@@ -262,6 +289,7 @@ def unpack_header(data: bytes) -> tuple[Header, _Reader]:
     pad_frames = reader.varint("pad frames")
     quality = reader.u8("quality")
     refresh_period = reader.varint("refresh period")
+    segment = reader.varint("tokenizer segment")
     header = Header(
         fingerprint=fingerprint,
         width=width,
@@ -270,6 +298,7 @@ def unpack_header(data: bytes) -> tuple[Header, _Reader]:
         fps=Fraction(fps_num, fps_den),
         quality=quality,
         refresh_period=refresh_period,
+        segment=segment,
         pad_right=pad_right,
         pad_bottom=pad_bottom,
         pad_frames=pad_frames,

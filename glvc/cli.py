@@ -162,6 +162,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default=None)
     p.add_argument("--max-minutes", type=float, default=None, help="stop each stage after this long (resumable)")
     p.set_defaults(func=cmd_train)
+
+    from .bench import add_bench_arguments, cmd_bench
+    from .evaluate import add_eval_arguments, cmd_eval
+
+    p = sub.add_parser("eval", help="rate-distortion evaluation against x264/x265/SVT-AV1 (CSV, JSON, BD-rate, plots)")
+    add_eval_arguments(p)
+    model_arg(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="GLVC encode/decode throughput, memory and stage times against x265")
+    add_bench_arguments(p)
+    model_arg(p)
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -120,7 +120,7 @@ class GLVC:
     One instance may serve many streams: all per-stream state lives in local variables.
     """
 
-    def __init__(self, tokenizer: Tokenizer, codec: LatentCodec, tokenizer_source: dict | None = None):
+    def __init__(self, tokenizer: Tokenizer, codec: LatentCodec, tokenizer_source: dict | None = None, segment: int = 0):
         if tokenizer.latent_channels != codec.config.latent_channels:
             raise ValueError(
                 f"tokenizer gives {tokenizer.latent_channels} latent channels, codec expects {codec.config.latent_channels}"
@@ -131,6 +131,11 @@ class GLVC:
         self.codec = codec.eval().requires_grad_(False)
         self.codec.prepare_entropy_coders()
         self.tokenizer_source = tokenizer_source  # {"name_or_path", "subfolder"} when the tokenizer comes from elsewhere
+        if segment < 0:
+            raise ValueError(f"tokenizer segment must be >= 0 latent frames, got {segment}")
+        # latent frames the tokenizer codes before it restarts (0 = never): a tokenizer trained on
+        # short clips only is reliable for that many (measured: see the model card)
+        self.segment = segment
         self.pixel_stride = tokenizer.spatial_stride * codec.spatial_stride
         self._fingerprint: bytes | None = None
 
@@ -165,15 +170,17 @@ class GLVC:
             codec = LatentCodec.from_pretrained(name_or_path, subfolder="codec", **hub_kwargs)
         except (OSError, ValueError, KeyError) as err:
             raise ModelLoadError(f"could not load a GLVC model from {name_or_path!r}: {err}") from err
-        return cls(tokenizer, codec, tokenizer_source=config.get("tokenizer"))
+        return cls(tokenizer, codec, tokenizer_source=config.get("tokenizer"), segment=int(config.get("tokenizer_segment", 0)))
 
     def save_pretrained(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)
+        config = {"tokenizer_segment": self.segment}
         if self.tokenizer_source:
-            with open(os.path.join(directory, GLVC_CONFIG_NAME), "w") as f:
-                json.dump({"tokenizer": self.tokenizer_source}, f, indent=2)
+            config["tokenizer"] = self.tokenizer_source
         else:
             self.tokenizer.vae.save_pretrained(os.path.join(directory, "tokenizer"))
+        with open(os.path.join(directory, GLVC_CONFIG_NAME), "w") as f:
+            json.dump(config, f, indent=2)
         self.codec.save_pretrained(os.path.join(directory, "codec"))
 
     @property
@@ -183,7 +190,8 @@ class GLVC:
             digest = hashlib.sha256()
             for name, module in (("tokenizer", self.tokenizer.vae), ("codec", self.codec)):
                 digest.update(name.encode())
-                digest.update(json.dumps(dict(module.config), sort_keys=True, default=str).encode())
+                config = {k: v for k, v in dict(module.config).items() if not k.startswith("_")}  # not paths/versions
+                digest.update(json.dumps(config, sort_keys=True, default=str).encode())
                 for key, tensor in sorted(module.state_dict().items()):
                     digest.update(key.encode())
                     digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
@@ -199,77 +207,130 @@ class GLVC:
         self,
         frames: np.ndarray | Iterable[np.ndarray],
         fps: float | Fraction,
-        quality: int,
+        quality: int | None = None,
+        target_bytes: int | None = None,
         refresh_period: int = 0,
         reconstruct: bool = True,
         progress: ProgressCallback | None = None,
     ) -> EncodeResult:
         """Encode frames (an (T, H, W, 3) uint8 array or an iterable of (H, W, 3) frames).
 
-        ``quality`` is the rate index 0 .. ``max_quality`` (higher = more bytes);
-        ``refresh_period`` resets the temporal memory every that many latent frames (0: never).
-        With ``reconstruct`` the result holds the frames the decoder will output, bit for bit.
+        Give either ``quality``, the rate index 0 .. ``max_quality`` (higher = more bytes), or
+        ``target_bytes``: then the clip is analysed once and the latent codec alone is run at the
+        qualities of a bisection, keeping the highest quality whose stream fits (the lowest if none
+        does); ``report.quality`` says which was chosen. ``refresh_period`` resets the temporal
+        memory every that many latent frames (0: never). With ``reconstruct`` the result holds the
+        frames the decoder will output, bit for bit. With a fixed quality everything streams, one
+        latent frame at a time; with a target the latents (1/12 of the frames' size) are kept.
         """
-        quality = int(quality)
-        if not 0 <= quality <= self.max_quality:
+        if (quality is None) == (target_bytes is None):
+            raise ValueError("give exactly one of quality and target_bytes")
+        if quality is not None and not 0 <= int(quality) <= self.max_quality:
             raise ValueError(f"quality must be in 0 .. {self.max_quality}, got {quality}")
+        if target_bytes is not None and target_bytes < 1:
+            raise ValueError(f"target_bytes must be positive, got {target_bytes}")
         if refresh_period < 0:
             raise ValueError(f"refresh period must be >= 0, got {refresh_period}")
         fps = Fraction(fps).limit_denominator(1001)
         timer = _Timer()
-        total = 0
+        analysis = _Analysis()
         if isinstance(frames, np.ndarray):
             if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or frames.shape[0] == 0:
                 raise ValueError(f"expected (T, H, W, 3) uint8 frames with T >= 1, got {frames.shape} {frames.dtype}")
-            total = bitstream.latent_frame_count(frames.shape[0])
-        encoder = self.tokenizer.encoder_stream()
-        decoder = self.tokenizer.decoder_stream() if reconstruct else None
-        state = self.codec.initial_state()
+            analysis.total = bitstream.latent_frame_count(frames.shape[0], self.segment)
+        latents = self._analyze(iter(frames), analysis, timer)
+        coded = None
+        if target_bytes is not None:
+            latents = list(latents)
+            quality, coded = self._search_quality(latents, analysis, fps, target_bytes, refresh_period, timer)
+        quality = int(quality)
+        if coded is None:
+            coded = self._code(latents, quality, refresh_period, timer, progress, analysis.total)
         units: list[FrameUnit] = []
         recon: list[np.ndarray] = []
-        geometry = None
-        count = 0
-        for chunk, real in _chunks(iter(frames)):
-            if geometry is None:
-                geometry = _Geometry.of(chunk[0], self.pixel_stride)
-            geometry.check(chunk[0])
-            count += real
-            start = time.perf_counter()
-            latent = encoder.push(geometry.pad(_to_pixels(chunk), self.tokenizer.device))
-            timer.add("tokenizer_encode", start)
-            kind = bitstream.KIND_INTRA
-            if state.memory is None or (refresh_period and state.frames_since_refresh >= refresh_period):
-                state = self.codec.initial_state()
-            else:
-                kind = bitstream.KIND_INTER
-            start = time.perf_counter()
-            payload, z_hat, state = self.codec.compress_frame(latent[:, :, 0], state, quality)
-            timer.add("latent_coding", start)
-            units.append(FrameUnit(kind=kind, payload=payload))
-            if decoder is not None:
+        decoder = None
+        for index, (unit, z_hat, real) in enumerate(coded):
+            units.append(unit)
+            if reconstruct:
                 start = time.perf_counter()
+                if self._starts_segment(index):
+                    decoder = self.tokenizer.decoder_stream()
                 pixels = decoder.push(z_hat.unsqueeze(2))
-                recon.append(geometry.crop(_to_frames(pixels))[:real])
+                recon.append(analysis.geometry.crop(_to_frames(pixels))[:real])
                 timer.add("tokenizer_decode", start)
-            if progress:
-                progress(len(units), total)
-        if geometry is None:
+        data = bitstream.pack(self._header(analysis, fps, quality, refresh_period), units)
+        report = Report(len(data), analysis.count, analysis.geometry.width, analysis.geometry.height, float(fps), quality, timer.timings)
+        return EncodeResult(data, np.concatenate(recon) if reconstruct else None, report)
+
+    def _analyze(self, frames: Iterator[np.ndarray], analysis: "_Analysis", timer: _Timer):
+        """Tokenizer pass: yields (normalised latent frame (1, C, h, w), real pixel frames in it)."""
+        encoder = None
+        for chunk, real, starts_segment in _chunks(frames, self.segment):
+            if starts_segment:
+                encoder = self.tokenizer.encoder_stream()
+            if analysis.geometry is None:
+                analysis.geometry = _Geometry.of(chunk[0], self.pixel_stride)
+            analysis.geometry.check(chunk[0])
+            analysis.count += real
+            start = time.perf_counter()
+            latent = encoder.push(analysis.geometry.pad(_to_pixels(chunk), self.tokenizer.device))
+            timer.add("tokenizer_encode", start)
+            yield latent[:, :, 0], real
+        if analysis.geometry is None:
             raise ValueError("no frames to encode")
-        header = Header(
+
+    def _code(self, latents, quality: int, refresh_period: int, timer: _Timer, progress=None, total: int = 0):
+        """Latent codec pass: yields (FrameUnit, z_hat (1, C, h, w), real pixel frames)."""
+        state = self.codec.initial_state()
+        for index, (latent, real) in enumerate(latents):
+            kind = bitstream.KIND_INTER
+            if state.memory is None or (refresh_period and state.frames_since_refresh >= refresh_period):
+                state, kind = self.codec.initial_state(), bitstream.KIND_INTRA
+            start = time.perf_counter()
+            payload, z_hat, state = self.codec.compress_frame(latent, state, quality)
+            timer.add("latent_coding", start)
+            if progress:
+                progress(index + 1, total)
+            yield FrameUnit(kind=kind, payload=payload), z_hat, real
+
+    def _search_quality(self, latents, analysis, fps, target_bytes, refresh_period, timer):
+        """Bisection over the quality index with the latent codec alone; returns (quality, coded)."""
+        coded_at: dict[int, list] = {}
+
+        def size(q: int) -> int:
+            coded_at[q] = list(self._code(latents, q, refresh_period, timer))
+            units = [unit for unit, _, _ in coded_at[q]]
+            return len(bitstream.pack(self._header(analysis, fps, q, refresh_period), units))
+
+        low, high = 0, self.max_quality
+        if size(low) > target_bytes:
+            return low, coded_at[low]
+        while low < high:  # invariant: size(low) fits
+            mid = (low + high + 1) // 2
+            if size(mid) <= target_bytes:
+                low = mid
+            else:
+                high = mid - 1
+        return low, coded_at[low]
+
+    def _header(self, analysis: "_Analysis", fps: Fraction, quality: int, refresh_period: int) -> Header:
+        geometry = analysis.geometry
+        return Header(
             fingerprint=self.fingerprint,
             width=geometry.width,
             height=geometry.height,
-            frames=count,
+            frames=analysis.count,
             fps=fps,
             quality=quality,
             refresh_period=refresh_period,
             pad_right=geometry.pad_right,
             pad_bottom=geometry.pad_bottom,
-            pad_frames=(4 - (count - 1) % 4) % 4,
+            pad_frames=bitstream.pad_frame_count(analysis.count, self.segment),
+            segment=self.segment,
         )
-        data = bitstream.pack(header, units)
-        report = Report(len(data), count, geometry.width, geometry.height, float(fps), quality, timer.timings)
-        return EncodeResult(data, np.concatenate(recon) if reconstruct else None, report)
+
+    def _starts_segment(self, latent_index: int) -> bool:
+        return latent_index == 0 or (self.segment > 0 and latent_index % self.segment == 0)
 
     # ------------------------------------------------------------------ decoding
     def decode(self, data: bytes, progress: ProgressCallback | None = None) -> DecodeResult:
@@ -283,6 +344,28 @@ class GLVC:
     def decode_stream(self, data: bytes, progress: ProgressCallback | None = None, timer: _Timer | None = None) -> Iterator[np.ndarray]:
         """Yield decoded frames (n, H, W, 3) uint8, one latent frame (1 or 4 pixel frames) at a time."""
         timer = timer or _Timer()
+        header = bitstream.unpack_header(data)[0]
+        geometry = _Geometry.for_header(header, self.pixel_stride)
+        decoder = None
+        remaining = header.frames
+        for index, z_hat in enumerate(self._decode_latents(data, progress, timer)):
+            start = time.perf_counter()
+            if self._starts_segment(index):
+                decoder = self.tokenizer.decoder_stream()
+            out = geometry.crop(_to_frames(decoder.push(z_hat.unsqueeze(2))))
+            timer.add("tokenizer_decode", start)
+            out = out[: min(remaining, out.shape[0])]
+            remaining -= out.shape[0]
+            yield out
+
+    def decode_latents(self, data: bytes) -> torch.Tensor:
+        """Entropy-decode a stream to the codec's latents (1, C, T', h, w), without the tokenizer.
+
+        These depend only on the decoded symbols and the single-threaded codec, so they are
+        bit-identical whatever the caller's thread count (tested)."""
+        return torch.stack(list(self._decode_latents(data, None, _Timer())), dim=2)
+
+    def _decode_latents(self, data: bytes, progress: ProgressCallback | None, timer: _Timer) -> Iterator[torch.Tensor]:
         start = time.perf_counter()
         container = bitstream.unpack(data)
         header = container.header
@@ -290,52 +373,61 @@ class GLVC:
             raise BitstreamError(
                 f"stream was made by model {header.fingerprint.hex()}, this decoder is model {self.fingerprint.hex()}"
             )
+        if header.segment != self.segment:
+            raise BitstreamError(f"stream uses tokenizer segments of {header.segment} latent frames, this model {self.segment}")
+        if header.quality > self.max_quality:
+            raise BitstreamError(f"quality {header.quality} is above this model's maximum {self.max_quality}")
         geometry = _Geometry.for_header(header, self.pixel_stride)
-        latent_size = (geometry.padded_height // self.tokenizer.spatial_stride, geometry.padded_width // self.tokenizer.spatial_stride)
+        stride = self.tokenizer.spatial_stride
+        latent_size = (geometry.padded_height // stride, geometry.padded_width // stride)
         timer.add("parse", start)
-        decoder = self.tokenizer.decoder_stream()
         state = self.codec.initial_state()
-        remaining = header.frames
         for index, unit in enumerate(container.units):
             if unit.kind == bitstream.KIND_INTRA:
                 state = self.codec.initial_state()
-            elif state.memory is None:
-                raise BitstreamError(f"unit {index} is inter-coded but no frame precedes it")
             start = time.perf_counter()
             try:
                 z_hat, state = self.codec.decompress_frame(unit.payload, state, header.quality, latent_size)
-            except BitstreamError:
-                raise
+            except BitstreamError as err:
+                raise BitstreamError(f"unit {index}: {err}") from err
             except (ValueError, RuntimeError) as err:
                 raise BitstreamError(f"unit {index}: payload does not decode ({err})") from err
             timer.add("latent_decoding", start)
-            start = time.perf_counter()
-            out = geometry.crop(_to_frames(decoder.push(z_hat.unsqueeze(2))))
-            timer.add("tokenizer_decode", start)
-            out = out[: min(remaining, out.shape[0])]
-            remaining -= out.shape[0]
             if progress:
                 progress(index + 1, len(container.units))
-            yield out
+            yield z_hat
 
 
-def _chunks(frames: Iterator[np.ndarray]) -> Iterator[tuple[np.ndarray, int]]:
-    """Group frames as the tokenizer needs them: [f0], [f1..f4], ...; pad the last group by
-    repeating its last frame. Yields (chunk (n, H, W, 3), number of real frames in it)."""
-    first = next(frames, None)
-    if first is None:
-        return
-    yield np.asarray(first)[None], 1
+@dataclass
+class _Analysis:
+    """What the tokenizer pass has learnt about the clip so far."""
+
+    geometry: "_Geometry | None" = None
+    count: int = 0  # pixel frames seen
+    total: int = 0  # latent frames expected, 0 if unknown
+
+
+def _chunks(frames: Iterator[np.ndarray], segment: int = 0) -> Iterator[tuple[np.ndarray, int, bool]]:
+    """Group frames as the tokenizer needs them: [f0], [f1..f4], [f5..f8], ...; with ``segment`` > 0
+    the grouping restarts with a single frame every ``segment`` latent frames. The last group is
+    padded by repeating its last frame. Yields (chunk (n, H, W, 3), real frames in it, starts a segment)."""
+    position = 0  # latent frame index inside the current segment
     group: list[np.ndarray] = []
     for frame in frames:
-        group.append(np.asarray(frame))
+        frame = np.asarray(frame)
+        if position == 0:
+            yield frame[None], 1, True
+            position = 1 if segment != 1 else 0
+            continue
+        group.append(frame)
         if len(group) == 4:
-            yield np.stack(group), 4
+            yield np.stack(group), 4, False
             group = []
+            position = 0 if segment and position + 1 == segment else position + 1
     if group:
         real = len(group)
         group += [group[-1]] * (4 - real)
-        yield np.stack(group), real
+        yield np.stack(group), real, False
 
 
 @dataclass

@@ -323,11 +323,15 @@ def train_tokenizer(cfg: dict, rt: Runtime, data, logger: Logger):
     out = os.path.join(cfg["output_dir"], "model", "tokenizer")
     if tcfg.get("pretrained"):
         src = tcfg["pretrained"]
-        return AutoencoderKLWan.from_pretrained(src["name_or_path"], subfolder=src.get("subfolder"))
+        return AutoencoderKLWan.from_pretrained(src["name_or_path"], subfolder=src.get("subfolder"), torch_dtype=torch.float32)
     if os.path.isfile(os.path.join(out, "config.json")):
         return AutoencoderKLWan.from_pretrained(out, torch_dtype=torch.float32)
     torch.manual_seed(cfg["seed"])
-    vae = AutoencoderKLWan(**tcfg["config"]).to(rt.device)
+    if tcfg.get("init_from"):  # fine-tune an exported tokenizer (e.g. on longer clips)
+        vae = AutoencoderKLWan.from_pretrained(tcfg["init_from"], torch_dtype=torch.float32).to(rt.device).train()
+        vae.requires_grad_(True)
+    else:
+        vae = AutoencoderKLWan(**tcfg["config"]).to(rt.device)
     disc = PatchDiscriminator().to(rt.device)
     opt = torch.optim.AdamW(vae.parameters(), lr=tcfg["lr"], betas=(0.9, 0.99), weight_decay=1e-4)
     opt_d = torch.optim.AdamW(disc.parameters(), lr=tcfg["lr"], betas=(0.5, 0.99))
@@ -395,6 +399,53 @@ def set_latent_statistics(vae, data, tcfg: dict, rt: Runtime) -> None:
     vae.register_to_config(latents_mean=[round(v, 5) for v in mean.tolist()], latents_std=[round(v, 5) for v in std.tolist()])
 
 
+class LatentCache:
+    """Tokenizer latents computed once, for codec training where the tokenizer dominates the cost (CPU).
+
+    Built from ``samples`` clips of ``frames`` x ``size`` px from the training sampler and saved to
+    ``latents.pt``; ``sample`` draws random ``crop`` x ``crop`` latent windows with random flips:
+    (B, C, T', crop, crop) float32.
+    """
+
+    def __init__(self, latents: torch.Tensor, crop: int, device):
+        self.latents = latents  # (N, C, T', h, w) float16
+        self.crop = crop
+        self.device = device
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, spec: dict, tok, data, path: str, rt: Runtime) -> "LatentCache":
+        if os.path.isfile(path):
+            latents = torch.load(path, map_location="cpu")
+        else:
+            chunks = []
+            segment = spec.get("segment", 0)  # latent frames per tokenizer segment, as GLVC(segment=...) codes
+            length = 1 + 4 * (segment - 1) if segment else spec["frames"]
+            if spec["frames"] % length:
+                raise ValueError(f"latent_cache frames {spec['frames']} is not a multiple of the segment length {length}")
+            for start in range(0, spec["samples"], spec["batch"]):
+                drawn = 1 + 4 * -(-(spec["frames"] - 1) // 4)  # the sampler draws 1 + 4k frames
+                x = data.sample(min(spec["batch"], spec["samples"] - start), drawn, spec["size"])[:, :, : spec["frames"]]
+                parts = [tok.encode(x[:, :, i : i + length]) for i in range(0, spec["frames"], length)]
+                chunks.append(torch.cat(parts, dim=2).half().cpu())
+                if rt.main:
+                    print(f"latent cache: {start + x.shape[0]}/{spec['samples']} clips", flush=True)
+            latents = torch.cat(chunks)
+            if rt.main:
+                torch.save(latents, path)
+        return cls(latents, spec["crop"], rt.device)
+
+    def sample(self, batch: int) -> torch.Tensor:
+        n, _, _, h, w = self.latents.shape
+        out = []
+        for i in torch.randint(n, (batch,)).tolist():
+            top = random.randint(0, h - self.crop)
+            left = random.randint(0, w - self.crop)
+            z = self.latents[i, :, :, top : top + self.crop, left : left + self.crop]
+            out.append(z.flip(-1) if random.random() < 0.5 else z)
+        return torch.stack(out).to(self.device, torch.float32)
+
+
 def train_codec(cfg: dict, rt: Runtime, data, logger: Logger, vae):
     """Stage 2 on the frozen tokenizer. Returns the trained codec, or None if paused."""
     from .codec import LatentCodec
@@ -406,22 +457,34 @@ def train_codec(cfg: dict, rt: Runtime, data, logger: Logger, vae):
         return LatentCodec.from_pretrained(out)
     torch.manual_seed(cfg["seed"] + 1)
     tok = Tokenizer(vae, device=rt.device)
-    codec = LatentCodec(latent_channels=tok.latent_channels, **ccfg["config"]).to(rt.device)
+    if ccfg.get("init_from"):  # fine-tune an exported codec (new lambdas or a new tokenizer)
+        codec = LatentCodec.from_pretrained(ccfg["init_from"])
+        if ccfg["config"]:
+            codec.register_to_config(**ccfg["config"])
+        codec = codec.to(rt.device).train()
+        codec.requires_grad_(True)
+    else:
+        codec = LatentCodec(latent_channels=tok.latent_channels, **ccfg["config"]).to(rt.device)
+    latents = LatentCache.build(ccfg["latent_cache"], tok, data, os.path.join(cfg["output_dir"], "latents.pt"), rt) if ccfg.get("latent_cache") else None
     main_params = [p for n, p in codec.named_parameters() if not n.endswith(".quantiles")]
     aux_params = [p for n, p in codec.named_parameters() if n.endswith(".quantiles")]
     opt = torch.optim.AdamW(main_params, lr=ccfg["lr"], weight_decay=0.0)
     opt_aux = torch.optim.Adam(aux_params, lr=ccfg["aux_lr"])
     model = rt.wrap(_CodecUnroll(codec))
     levels = codec.max_quality
-    pixels_per_sample = ccfg["frames"] * ccfg["size"] ** 2
+    size = latents.crop * tok.spatial_stride if latents else ccfg["size"]
+    pixels_per_sample = ccfg["frames"] * size**2
 
     def step_fn(step: int, progress: float) -> dict:
         lr = lr_at(step, ccfg["lr"], ccfg["warmup"], progress)
         for group in opt.param_groups:
             group["lr"] = lr
-        x = data.sample(ccfg["batch"], ccfg["frames"], ccfg["size"])
-        with torch.no_grad(), autocast(rt, cfg):
-            z = tok.encode(x).float()  # (B, C, T', h, w), normalised
+        if latents is not None:
+            z = latents.sample(ccfg["batch"])
+        else:
+            x = data.sample(ccfg["batch"], ccfg["frames"], ccfg["size"])
+            with torch.no_grad(), autocast(rt, cfg):
+                z = tok.encode(x).float()  # (B, C, T', h, w), normalised
         quality = torch.rand(z.shape[0]) * levels
         lam = codec.rd_lambda(quality).to(rt.device)
         bits, mse = model(z, quality.to(rt.device))  # float32: the entropy model is sensitive to precision

@@ -1,0 +1,369 @@
+"""Throughput benchmark, GLVC against x265 on the same clip: ``python -m glvc bench``.
+
+::
+
+    python -m glvc bench --clip examples/bikes_2s.mp4 --max-height 360 --quality 32 --out docs/results/bench
+
+What is measured, in one process, in this order:
+
+1. the clip is read (``--max-frames``, default all; ``--max-height``, default 360) and the model loaded;
+2. warm-up (untimed): GLVC encode + decode of the first 5 frames, x265 encode of the first 5
+   frames (first calls are much slower: oneDNN primitive creation, allocator growth);
+3. GLVC encode (:meth:`GLVC.encode`, ``reconstruct=False``) and decode (:meth:`GLVC.decode`),
+   wall clock, with the pipeline's per-stage timings (``Report.timings``);
+4. x265 (low delay, preset medium, :func:`glvc.baselines.encode_decode`) at ``--x265-crf`` or, by
+   default, at the CRF whose stream best matches GLVC's bytes (``match_bitrate``; the search encodes
+   are not timed, the chosen CRF is re-run for the timing).
+
+Stages. The pipeline reports ``tokenizer_encode``, ``latent_coding``, ``tokenizer_decode``
+(encoder) and ``parse``, ``latent_decoding``, ``tokenizer_decode`` (decoder). ``latent_coding``
+and ``latent_decoding`` are split further here, without touching codec code, by timing the
+CompressAI entropy coders' ``compress``/``decompress`` calls on this benchmark's model instance
+(wrapped for the run, restored after): *entropy coding* = those calls (symbol quantisation +
+rANS), *latent transforms* = the rest (analysis, hyper-prior, entropy parameters, synthesis and
+memory update, which the encoder also runs to keep the decoder's recurrent state).
+
+Memory. A sampler thread reads the process RSS (psutil) every 5 ms; each phase reports its peak
+RSS and the peak's increase over the RSS at the phase's start. ``ru_maxrss`` (the process's peak
+since start, ``resource.getrusage``) is reported at the end. All phases share one process, so
+absolute peaks include the loaded model and libraries.
+
+Outputs: ``bench.json`` and ``bench.md`` in ``--out``; the markdown table is also printed.
+Ratios are GLVC / x265 (fps ratio < 1: GLVC is slower).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+DEFAULT_CLIP = os.path.join("examples", "bikes_2s.mp4")
+WARMUP_FRAMES = 5
+
+
+class PeakRSS:
+    """Sample the process RSS in a thread; ``peak`` / ``start`` in bytes."""
+
+    def __init__(self, interval: float = 0.005):
+        import psutil
+
+        self.process = psutil.Process()
+        self.interval = interval
+        self.start = self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            rss = self.process.memory_info().rss
+            if rss > self.peak:
+                self.peak = rss
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakRSS":
+        self.start = self.peak = self.process.memory_info().rss
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"peak_rss_mib": self.peak / 2**20, "peak_increase_mib": (self.peak - self.start) / 2**20}
+
+
+@contextmanager
+def entropy_coder_timer(codec):
+    """Time the CompressAI entropy coders' compress/decompress calls of ``codec`` (a LatentCodec).
+
+    Yields a dict that accumulates ``{"encode": seconds, "decode": seconds}``. The wrappers live
+    on this instance only and are removed on exit.
+    """
+    spent = {"encode": 0.0, "decode": 0.0}
+    modules = [codec.entropy_bottleneck, codec.gaussian_conditional]
+    patched = []
+
+    def wrap(fn, side):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[side] += time.perf_counter() - start
+
+        return timed
+
+    try:
+        for module in modules:
+            for name, side in (("compress", "encode"), ("decompress", "decode")):
+                had = name in module.__dict__
+                original = module.__dict__.get(name)
+                object.__setattr__(module, name, wrap(getattr(module, name), side))
+                patched.append((module, name, had, original))
+        yield spent
+    finally:
+        for module, name, had, original in reversed(patched):
+            if had:
+                object.__setattr__(module, name, original)
+            else:
+                del module.__dict__[name]
+
+
+def _stages(timings: dict[str, float], entropy: float, latent_key: str) -> dict[str, float]:
+    out = {}
+    for key, value in timings.items():
+        if key == latent_key:
+            out[f"{latent_key}.latent_transforms"] = max(0.0, value - entropy)
+            out[f"{latent_key}.entropy_coding"] = entropy
+        else:
+            out[key] = value
+    return out
+
+
+def run_bench(
+    clip: str = DEFAULT_CLIP,
+    model=None,
+    max_frames: int | None = None,
+    max_height: int | None = 360,
+    quality: int = 32,
+    x265_crf: int | None = None,
+    x265_preset: str = "medium",
+    warmup: bool = True,
+    out_dir: str | None = None,
+    progress: bool = False,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark; return the JSON record (and write ``bench.json``/``bench.md`` to ``out_dir``)."""
+    import torch
+
+    from .baselines import encode_decode, match_bitrate
+    from .metrics import psnr_rgb
+    from .pipeline import GLVC
+    from .video_io import read_video
+
+    video = read_video(clip, max_frames=max_frames, max_height=max_height)
+    frames, fps = video.frames, video.fps
+    t, h, w = frames.shape[:3]
+    model_name = None
+    start = time.perf_counter()
+    if model is None:
+        from .cli import default_model
+
+        model = default_model()
+    if isinstance(model, str):
+        model_name = model
+        model = GLVC.from_pretrained(model)
+    load_seconds = time.perf_counter() - start
+
+    def say(text: str) -> None:
+        if progress:
+            print(text, file=sys.stderr, flush=True)
+
+    if warmup:
+        say("warm-up")
+        warm = frames[: min(WARMUP_FRAMES, t)]
+        model.decode(model.encode(warm, fps, quality, reconstruct=False).bitstream)
+        encode_decode(warm, fps, codec="x265", crf=x265_crf if x265_crf is not None else 28, preset=x265_preset)
+
+    from .cli import _Progress
+
+    say(f"GLVC encode: {t} frames {w}x{h}, quality {quality}")
+    bar = _Progress("GLVC encode", progress)
+    try:
+        with entropy_coder_timer(model.codec) as entropy, PeakRSS() as mem_enc:
+            start = time.perf_counter()
+            enc = model.encode(frames, fps, quality, reconstruct=False, progress=bar)
+            glvc_encode = time.perf_counter() - start
+    finally:
+        bar.close()
+    entropy_enc = entropy["encode"]
+    bar = _Progress("GLVC decode", progress)
+    try:
+        with entropy_coder_timer(model.codec) as entropy, PeakRSS() as mem_dec:
+            start = time.perf_counter()
+            dec = model.decode(enc.bitstream, progress=bar)
+            glvc_decode = time.perf_counter() - start
+    finally:
+        bar.close()
+    entropy_dec = entropy["decode"]
+    glvc_bytes = len(enc.bitstream)
+
+    if x265_crf is None:
+        say(f"x265: searching the CRF that matches {glvc_bytes} bytes")
+        _, crf = match_bitrate(frames, fps, "x265", glvc_bytes, count="payload", preset=x265_preset)
+        crf_how = f"matched to GLVC's {glvc_bytes} bytes (largest payload not above it)"
+    else:
+        crf = int(x265_crf)
+        crf_how = "given"
+    say(f"x265 crf {crf}")
+    with PeakRSS() as mem_x265:
+        x265 = encode_decode(frames, fps, codec="x265", crf=crf, preset=x265_preset)
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    pixels = t * h * w
+    glvc_enc_fps, glvc_dec_fps = t / glvc_encode, t / glvc_decode
+    x265_enc_fps, x265_dec_fps = t / x265.encode_seconds, t / x265.decode_seconds
+    record: dict[str, Any] = {
+        "command": command,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "clip": {"path": clip, "frames": t, "width": w, "height": h, "fps": float(fps), "source_size": list(video.source_size)},
+        "model": model_name or "<in-memory model>",
+        "model_fingerprint": model.fingerprint.hex(),
+        "model_load_seconds": load_seconds,
+        "warmup": warmup,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cuda": torch.cuda.is_available(),
+        },
+        "glvc": {
+            "quality": quality,
+            "bytes": glvc_bytes,
+            "bpp": 8 * glvc_bytes / pixels,
+            "psnr_rgb": float(psnr_rgb(frames, dec.frames).value),
+            "encode_seconds": glvc_encode,
+            "decode_seconds": glvc_decode,
+            "encode_fps": glvc_enc_fps,
+            "decode_fps": glvc_dec_fps,
+            "encode_stages": _stages(enc.report.timings, entropy_enc, "latent_coding"),
+            "decode_stages": _stages(dec.report.timings, entropy_dec, "latent_decoding"),
+            "encode_memory": mem_enc.as_dict(),
+            "decode_memory": mem_dec.as_dict(),
+        },
+        "x265": {
+            "crf": crf,
+            "crf_choice": crf_how,
+            "preset": x265_preset,
+            "bytes": x265.payload_bytes,
+            "bitstream_bytes": x265.bitstream_bytes,
+            "bpp": 8 * x265.payload_bytes / pixels,
+            "psnr_rgb": float(psnr_rgb(frames, x265.decoded).value),
+            "encode_seconds": x265.encode_seconds,
+            "decode_seconds": x265.decode_seconds,
+            "encode_fps": x265_enc_fps,
+            "decode_fps": x265_dec_fps,
+            "memory": mem_x265.as_dict(),
+            "threads": "FFmpeg default",
+        },
+        "ratios_glvc_over_x265": {
+            "encode_fps": glvc_enc_fps / x265_enc_fps,
+            "decode_fps": glvc_dec_fps / x265_dec_fps,
+            "encode_slowdown": x265_enc_fps / glvc_enc_fps,
+            "decode_slowdown": x265_dec_fps / glvc_dec_fps,
+        },
+        "process_peak_rss_mib": usage.ru_maxrss / 1024,  # Linux: kilobytes
+        "notes": [
+            "latent_coding/latent_decoding split by timing the CompressAI entropy coders' compress/decompress calls "
+            "(entropy_coding); latent_transforms = the rest of the latent codec",
+            "x265 timings include RGB->YUV (encode) and YUV->RGB (decode) conversion; GLVC timings the whole encode/decode call",
+            "peak RSS sampled every 5 ms per phase; one process, so peaks include the loaded model",
+        ],
+    }
+    record["markdown"] = bench_markdown(record)
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "bench.json"), "w") as f:
+            json.dump(record, f, indent=1)
+        with open(os.path.join(out_dir, "bench.md"), "w") as f:
+            f.write(record["markdown"])
+    return record
+
+
+_STAGE_LABELS = {
+    "tokenizer_encode": "tokenizer encode",
+    "latent_coding.latent_transforms": "latent analysis (transforms, hyper-prior, synthesis for the memory)",
+    "latent_coding.entropy_coding": "entropy coding (rANS)",
+    "tokenizer_decode": "tokenizer decode",
+    "parse": "bitstream parse",
+    "latent_decoding.latent_transforms": "latent synthesis (hyper-prior, synthesis, memory)",
+    "latent_decoding.entropy_coding": "entropy decoding (rANS)",
+}
+
+
+def bench_markdown(r: dict) -> str:
+    c, g, x, ratio = r["clip"], r["glvc"], r["x265"], r["ratios_glvc_over_x265"]
+    lines = [
+        f"Clip `{c['path']}`: {c['frames']} frames, {c['width']}x{c['height']} @ {c['fps']:.3g} fps; "
+        f"{r['machine']['cpus']} CPU(s), {r['machine']['torch_threads']} torch threads"
+        + (", CUDA available" if r["machine"]["cuda"] else ", no GPU")
+        + ".",
+        "",
+        "| | GLVC (q%d) | x265 (crf %d, %s) | GLVC / x265 |" % (g["quality"], x["crf"], x["preset"]),
+        "|---|---|---|---|",
+        f"| bytes (bpp) | {g['bytes']} ({g['bpp']:.4f}) | {x['bytes']} ({x['bpp']:.4f}) | {g['bytes'] / x['bytes']:.2f} |",
+        f"| PSNR-RGB | {g['psnr_rgb']:.2f} dB | {x['psnr_rgb']:.2f} dB | |",
+        f"| encode | {g['encode_fps']:.3f} fps ({g['encode_seconds']:.2f} s) | {x['encode_fps']:.1f} fps ({x['encode_seconds']:.2f} s) | {ratio['encode_fps']:.4f} (x265 {ratio['encode_slowdown']:.0f}x faster) |",
+        f"| decode | {g['decode_fps']:.3f} fps ({g['decode_seconds']:.2f} s) | {x['decode_fps']:.1f} fps ({x['decode_seconds']:.2f} s) | {ratio['decode_fps']:.4f} (x265 {ratio['decode_slowdown']:.0f}x faster) |",
+        f"| peak RSS encode (increase) | {g['encode_memory']['peak_rss_mib']:.0f} MiB (+{g['encode_memory']['peak_increase_mib']:.0f}) | "
+        f"{x['memory']['peak_rss_mib']:.0f} MiB (+{x['memory']['peak_increase_mib']:.0f}, enc+dec) | |",
+        f"| peak RSS decode (increase) | {g['decode_memory']['peak_rss_mib']:.0f} MiB (+{g['decode_memory']['peak_increase_mib']:.0f}) | | |",
+        "",
+        "| GLVC stage | encoder s | share | decoder s | share |",
+        "|---|---|---|---|---|",
+    ]
+    enc, dec = g["encode_stages"], g["decode_stages"]
+    rows = [
+        ("tokenizer (VAE)", enc.get("tokenizer_encode"), dec.get("tokenizer_decode")),
+        ("latent transforms (analysis/synthesis, hyper-prior, memory)", enc.get("latent_coding.latent_transforms"), dec.get("latent_decoding.latent_transforms")),
+        ("entropy coding (rANS incl. symbol quantisation)", enc.get("latent_coding.entropy_coding"), dec.get("latent_decoding.entropy_coding")),
+        ("bitstream parse", None, dec.get("parse")),
+    ]
+    te, td = g["encode_seconds"], g["decode_seconds"]
+
+    def cells(v, total):
+        return ("", "") if v is None else (f"{v:.3f}", f"{100 * v / total:.1f} %")
+
+    for label, e, d in rows:
+        lines.append("| " + " | ".join((label,) + cells(e, te) + cells(d, td)) + " |")
+    other_e = g["encode_seconds"] - sum(v for v in enc.values())
+    other_d = g["decode_seconds"] - sum(v for v in dec.values())
+    lines.append(f"| other (padding, conversion, packing) | {other_e:.3f} | {100 * other_e / g['encode_seconds']:.1f} % | {other_d:.3f} | {100 * other_d / g['decode_seconds']:.1f} % |")
+    lines.append(f"| **total** | {g['encode_seconds']:.3f} | 100 % | {g['decode_seconds']:.3f} | 100 % |")
+    lines += ["", f"Process peak RSS (ru_maxrss): {r['process_peak_rss_mib']:.0f} MiB. x265 CRF {x['crf_choice']}.", ""]
+    return "\n".join(lines)
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clip", default=DEFAULT_CLIP, help=f"video file (default {DEFAULT_CLIP})")
+    p.add_argument("--max-frames", type=int, default=None, help="first N frames (default: all)")
+    p.add_argument("--max-height", type=int, default=360, help="downscale taller clips to this height (default 360)")
+    p.add_argument("--quality", type=int, default=32, help="GLVC quality index (default 32)")
+    p.add_argument("--x265-crf", type=int, default=None, help="x265 CRF (default: the CRF matching GLVC's bytes)")
+    p.add_argument("--x265-preset", default="medium", help="x265 preset (default medium)")
+    p.add_argument("--no-warmup", action="store_true", help="time the first calls too")
+    p.add_argument("--out", default=None, help="folder for bench.json and bench.md")
+
+
+def cmd_bench(args) -> int:
+    command = "python -m glvc " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith(("glvc", "__main__.py")) else None
+    record = run_bench(
+        clip=args.clip,
+        model=args.model,
+        max_frames=args.max_frames,
+        max_height=args.max_height,
+        quality=args.quality,
+        x265_crf=args.x265_crf,
+        x265_preset=args.x265_preset,
+        warmup=not args.no_warmup,
+        out_dir=args.out,
+        progress=not args.quiet,
+        command=command,
+    )
+    print(record["markdown"])
+    if args.out:
+        print(f"wrote {os.path.join(args.out, 'bench.json')} and bench.md")
+    return 0

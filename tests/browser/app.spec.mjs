@@ -1,0 +1,120 @@
+// Drive the GLVC Gradio app in a real browser (Debian's chromium through playwright-core):
+// upload a clip, encode, and check that the decoded video plays, the numbers show and the
+// .glvc download works; save a full-page screenshot.
+//
+// Environment:
+//   APP_URL      the running app, e.g. http://127.0.0.1:7860/ (required)
+//   CLIP         the video file to upload (required)
+//   OUT_DIR      where screenshot app.png and the downloaded .glvc go (default: a new temp dir)
+//   MAX_HEIGHT, MAX_SECONDS   the app's limits to set before encoding (default: the page's)
+//   CHROMIUM     browser binary (default /usr/bin/chromium)
+//   TIMEOUT_S    how long to wait for the encode (default 600)
+// Prints one JSON line with what it saw; exits 1 on the first failed check.
+import { chromium } from "playwright-core";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+
+const url = process.env.APP_URL;
+const clip = process.env.CLIP;
+if (!url || !clip) {
+  console.error("set APP_URL and CLIP");
+  process.exit(2);
+}
+const outDir = process.env.OUT_DIR || fs.mkdtempSync(path.join(os.tmpdir(), "glvc-browser-"));
+const timeout = 1000 * Number(process.env.TIMEOUT_S || 600);
+
+function check(condition, message) {
+  if (!condition) throw new Error(`check failed: ${message}`);
+}
+
+// NOTES.md: flags for Debian's chromium in a container; playwright adds --headless and a fresh
+// --user-data-dir of its own.
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+  ],
+});
+const seen = {};
+let failed = null;
+const page = await browser.newPage({ viewport: { width: 1400, height: 1000 }, acceptDownloads: true });
+try {
+  page.on("pageerror", (err) => (seen.page_errors = [...(seen.page_errors || []), String(err)]));
+  await page.goto(url, { waitUntil: "domcontentloaded" });
+  await page.locator("#encode").waitFor({ timeout: 60_000 });
+
+  await page.locator("#clip input[type=file]").setInputFiles(clip);
+  await page.locator("#clip video").waitFor({ timeout: 60_000 }); // the upload is shown
+
+  for (const [id, value] of [["max-height", process.env.MAX_HEIGHT], ["max-seconds", process.env.MAX_SECONDS]]) {
+    if (!value) continue;
+    const box = page.locator(`#${id} input[type=number]`);
+    await box.fill(String(value));
+    await box.press("Enter");
+    await box.blur();
+  }
+
+  await page.locator("#encode").click();
+  const status = page.locator("#status");
+  await status.getByText(/^GLVC: \d+ frames/).waitFor({ timeout });
+  seen.status = (await status.innerText()).trim();
+  check(!seen.status.includes("\n"), "status is one line");
+
+  // the decoded video: served, and the browser can decode it (H.264 in mp4)
+  const video = page.locator("#decoded video");
+  await video.waitFor({ timeout: 30_000 });
+  seen.video = await video.evaluate(
+    (v) =>
+      new Promise((resolve) => {
+        const done = () => resolve({ src: v.currentSrc || v.src, width: v.videoWidth, height: v.videoHeight, duration: v.duration, error: v.error && v.error.code });
+        if (v.readyState >= 1) return done();
+        v.addEventListener("loadedmetadata", done, { once: true });
+        v.addEventListener("error", done, { once: true });
+        setTimeout(done, 15_000);
+      }),
+  );
+  check(seen.video.src, "the decoded video has a source");
+  check(seen.video.width > 0 && seen.video.duration > 0, `the browser plays the decoded mp4 (${JSON.stringify(seen.video)})`);
+
+  // the numbers
+  const scores = await page.locator("#scores").innerText();
+  for (const word of ["kbps", "bits per pixel", "PSNR", "VMAF", "LPIPS", "DISTS", "compression ratio"]) {
+    check(scores.includes(word), `the scores table shows ${word}`);
+  }
+  seen.kbps = scores.match(/kbps\s+([\d.,]+)/)?.[1];
+  check(seen.kbps, "a kbps number");
+  check((await page.locator("#stages").innerText()).includes("total"), "the time per stage");
+
+  // the download
+  const link = page.locator("#bitstream a").filter({ hasText: /\.glvc/ }).first();
+  await link.waitFor({ timeout: 30_000 });
+  const [download] = await Promise.all([page.waitForEvent("download"), link.click()]);
+  const saved = path.join(outDir, download.suggestedFilename());
+  await download.saveAs(saved);
+  seen.download = { name: download.suggestedFilename(), bytes: fs.statSync(saved).size };
+  check(seen.download.name.endsWith(".glvc") && seen.download.bytes > 0, "a non-empty .glvc download");
+  const magic = fs.readFileSync(saved).subarray(0, 4).toString("latin1");
+  check(magic === "GLVC", `the download starts with GLVC, not ${JSON.stringify(magic)}`);
+
+  await page.locator("#side-by-side video").scrollIntoViewIfNeeded();
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await page.waitForTimeout(500);
+} catch (err) {
+  failed = err;
+} finally {
+  seen.screenshot = path.join(outDir, "app.png");
+  await page.screenshot({ path: seen.screenshot, fullPage: true }).catch(() => delete seen.screenshot);
+  await browser.close();
+}
+seen.ok = !failed;
+if (failed) seen.error = String(failed.message || failed);
+console.log(JSON.stringify(seen));
+process.exit(failed ? 1 : 0);

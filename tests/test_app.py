@@ -1,0 +1,202 @@
+"""The Gradio app in-process: launched on 127.0.0.1 and driven with gradio_client.
+
+The clips are cut small through the app's own limit inputs (64 px high, 0.9 s = 9 frames of
+vtest at 10 fps), so the whole file takes well under a minute on 2 CPU cores. The service's
+limits and refusals are also checked directly, without the server.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import socket
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from glvc import service  # noqa: E402
+from glvc.metrics import psnr_rgb  # noqa: E402
+from glvc.video_io import read_video  # noqa: E402
+
+VTEST = os.path.join(ROOT, "examples", "vtest_3s.mp4")
+SMALL = {"max_height": 64, "max_seconds": 0.9}  # vtest: 86x64, 9 frames
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def client():
+    import app
+
+    port = _free_port()
+    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                    max_file_size=f"{service.limits().max_upload_bytes // service.MB}mb")
+    try:
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=tempfile.mkdtemp(prefix="glvc-client-"))
+    finally:
+        app.demo.close()
+
+
+def _encode(client, path, mode="quality", quality=32, kbps=150.0, kilobytes=25.0, compare=True, **limits):
+    limits = {**SMALL, **limits}
+    return client.predict(
+        handle_file(path), "default", mode, quality, kbps, kilobytes, limits["max_height"], limits["max_seconds"], compare,
+        api_name="/encode",
+    )
+
+
+def _frames(video_output) -> np.ndarray:
+    path = video_output["video"] if isinstance(video_output, dict) else video_output
+    return read_video(path).frames
+
+
+def _request_dirs() -> set[str]:
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "glvc-app-*")))
+
+
+@pytest.fixture(scope="module")
+def encoded(client):
+    before = _request_dirs()
+    out = _encode(client, VTEST)
+    return out, _request_dirs() - before
+
+
+class TestEncodeDecode:
+    def test_encode_outputs(self, encoded):
+        (status, decoded, sbs, table, stages, glvc_path, details), new_dirs = encoded
+        assert status.startswith("GLVC: 9 frames 86x64") and "\n" not in status
+        assert details["input"]["frames"] == 9 and details["input"]["coded_size"] == [86, 64]
+        assert details["glvc"]["quality"] == 32
+        rows = {row[0]: row[1:] for row in table["data"]}
+        assert int(rows["bytes"][0].replace(",", "")) == os.path.getsize(glvc_path) == details["glvc"]["bytes"]
+        for key in ("kbps", "bits per pixel", "compression ratio (vs 8-bit RGB)"):
+            assert rows[key][0] != "-" and rows[key][1] != "-"  # GLVC and x265
+        labels = " ".join(rows)
+        for name in ("PSNR", "SSIM", "VMAF", "LPIPS", "DISTS"):
+            assert name in labels
+        for row in table["data"][5:]:
+            assert row[1] == "-" or row[1].startswith("unavailable: ") or row[1].split()[0].replace(".", "").isdigit()
+        assert int(rows["bytes"][1].replace(",", "")) <= details["glvc"]["bytes"] or "larger than GLVC" in status
+        assert [r[0] for r in stages["data"]][-1] == "total"
+        assert _frames(sbs).shape[0] == 9
+        assert not new_dirs, f"request folders left behind: {new_dirs}"
+
+    def test_bitstream_decodes_to_the_same_video(self, client, encoded):
+        (_, decoded, _, _, _, glvc_path, details), _ = encoded
+        status, decoded_again, decode_details = client.predict(handle_file(glvc_path), "default", api_name="/decode")
+        assert status.startswith("Decoded 9 frames 86x64")
+        assert decode_details["decoded_sha256"] == details["decoded_sha256"]  # bit-identical frames
+        first, second = _frames(decoded), _frames(decoded_again)
+        assert first.shape == second.shape == (9, 64, 86, 3)
+        # The mp4s are re-encodings for the browser: swscale's RGB -> YUV step rounds differently
+        # with the buffer's memory alignment, so they may differ slightly although the frames are
+        # bit-identical (the digests above).
+        assert psnr_rgb(first, second).value > 35
+
+    @pytest.mark.parametrize("mode, kbps, kilobytes", [("kbps", 40.0, 25.0), ("kilobytes", 150.0, 3.0)])
+    def test_target_modes_pick_a_quality_that_fits(self, client, mode, kbps, kilobytes):
+        status, *_, details = _encode(client, VTEST, mode=mode, kbps=kbps, kilobytes=kilobytes, compare=False)
+        target = details["rate"]["target_bytes"]
+        assert target == (int(kbps * 1000 / 8 * 0.9) if mode == "kbps" else int(kilobytes * 1000))
+        assert details["glvc"]["bytes"] <= target or details["glvc"]["quality"] == 0
+        assert f"chosen for a target of {target:,} bytes" in status
+
+
+class TestBadUploads:
+    """Each refusal is one line that names the problem, never a traceback."""
+
+    def _error(self, call) -> str:
+        with pytest.raises(AppError) as info:
+            call()
+        message = str(info.value)
+        assert "Traceback" not in message and "\n" not in message.strip()
+        return message
+
+    def test_not_a_video(self, client, tmp_path):
+        fake = tmp_path / "notes.mp4"
+        fake.write_text("this is not a video\n" * 10)
+        assert "is not a readable video" in self._error(lambda: _encode(client, str(fake)))
+
+    def test_no_frames(self, client, tmp_path):
+        import av
+
+        empty = tmp_path / "empty.avi"  # a video stream without a single frame
+        container = av.open(str(empty), "w")
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        container.start_encoding()
+        container.close()
+        assert "no decodable video frames" in self._error(lambda: _encode(client, str(empty)))
+
+    def test_corrupt_glvc(self, client, encoded, tmp_path):
+        glvc_path = encoded[0][5]
+        data = open(glvc_path, "rb").read()
+        truncated = tmp_path / "truncated.glvc"
+        truncated.write_bytes(data[: len(data) // 2])
+        flipped = tmp_path / "flipped.glvc"
+        flipped.write_bytes(data[:-9] + bytes([data[-9] ^ 0xFF]) + data[-8:])
+        garbage = tmp_path / "garbage.glvc"
+        garbage.write_bytes(b"not a glvc stream at all")
+        for path in (truncated, flipped, garbage):
+            message = self._error(lambda: client.predict(handle_file(str(path)), "default", api_name="/decode"))
+            assert f"{path.name} is not a valid .glvc file" in message or f"{path.name} is corrupt" in message
+
+    def test_no_upload(self, client):
+        assert "no .glvc file given" in self._error(lambda: client.predict(None, "default", api_name="/decode"))
+
+
+class TestService:
+    def test_limits_refuse_with_numbers(self, tmp_path):
+        lim = service.Limits(default_height=64, max_height=128, default_seconds=1, max_seconds=1,
+                             max_upload_bytes=200_000, max_source_seconds=2.0)
+        with pytest.raises(service.UserError, match=r"is 3 s long; uploads up to 2 s"):
+            service.load_clip(VTEST, 64, 1, lim)
+        big = os.path.join(ROOT, "examples", "bigbuckbunny_3s.mp4")
+        with pytest.raises(service.UserError, match=r"bigbuckbunny_3s.mp4 is 387.8 kB; at most 200.0 kB is accepted"):
+            service.load_clip(big, 64, 1, lim)
+        with pytest.raises(service.UserError, match=r"max height 480 px is outside 64 .. 128"):
+            service.load_clip(VTEST, 480, 1, lim)
+        with pytest.raises(service.UserError, match=r"max duration 5 s is outside 0 .. 1 s"):
+            service.load_clip(VTEST, 64, 5, lim)
+
+    def test_rate_table_interpolates_between_measurements(self):
+        table = service.RateTable((0, 10), (0.01, 0.04), ("a",), 240, 2.0)
+        assert table.expected_bpp(10) == (0.04, True)
+        value, measured = table.expected_bpp(5)
+        assert not measured and value == pytest.approx(0.02)  # geometric midpoint
+
+    def test_bundled_rate_table_matches_the_model(self):
+        table = service.rate_table(service.DEFAULT_MODEL_KEY)
+        if table is None:
+            pytest.skip("no rate_table.json for this model (run scripts/rate_table.py)")
+        assert list(table.mean_bpp) == sorted(table.mean_bpp)  # more bytes at higher quality
+        assert "bpp" in service.quality_hint(service.DEFAULT_MODEL_KEY, 30)
+
+    def test_hub_model_unreachable_is_one_clear_line(self, monkeypatch):
+        from huggingface_hub import constants
+
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+        monkeypatch.setattr(service, "_MODELS", {})
+        with pytest.raises(service.UserError, match=r"cannot load model .*glvc/glvc-wan21"):
+            service.get_model("wan21")
+        assert "Not available" in service.model_status("wan21")
+
+    def test_side_by_side_labels_and_layout(self):
+        a = np.zeros((2, 40, 50, 3), np.uint8)
+        out = service.side_by_side([("a", a), ("b", a + 100)], gap=4)
+        assert out.shape == (2, 40, 104, 3)
+        assert (out[:, 30:, 54:] == 100).all() and (out[:, :, 50:54] == 255).all()
+        assert out[0, :12, :20].max() > 200  # the label: light text on a dark box

@@ -1,0 +1,75 @@
+"""The Gradio app in a real browser: Debian's chromium driven by npm ``playwright-core``.
+
+Starts the app in-process, runs ``tests/browser/app.spec.mjs`` (upload a clip, encode, check
+that the decoded video plays, the numbers show and the ``.glvc`` downloads) and keeps its
+screenshot. Skips, saying why, without chromium, node or ``tests/browser/node_modules``.
+Setup (once)::
+
+    apt-get update && apt-get install -y chromium nodejs npm
+    (cd tests/browser && npm ci)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BROWSER_DIR = os.path.join(ROOT, "tests", "browser")
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+sys.path.insert(0, ROOT)
+
+
+def _missing() -> str | None:
+    if not os.path.isfile(CHROMIUM):
+        return f"no chromium at {CHROMIUM} (apt-get install -y chromium, or set $CHROMIUM)"
+    if shutil.which("node") is None:
+        return "no node on PATH (apt-get install -y nodejs npm)"
+    if not os.path.isdir(os.path.join(BROWSER_DIR, "node_modules", "playwright-core")):
+        return "no tests/browser/node_modules/playwright-core (cd tests/browser && npm ci)"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_upload_encode_download_in_chromium(tmp_path):
+    import app
+    from glvc import service
+
+    port = _free_port()
+    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                    max_file_size=f"{service.limits().max_upload_bytes // service.MB}mb")
+    try:
+        env = {
+            **os.environ,
+            "APP_URL": f"http://127.0.0.1:{port}/",
+            "CLIP": os.path.join(ROOT, "examples", "vtest_3s.mp4"),
+            "OUT_DIR": str(tmp_path),
+            "MAX_HEIGHT": "96",
+            "MAX_SECONDS": "0.9",
+            "CHROMIUM": CHROMIUM,
+            "TIMEOUT_S": "240",
+        }
+        run = subprocess.run(["node", "app.spec.mjs"], cwd=BROWSER_DIR, env=env, capture_output=True, text=True, timeout=420)
+    finally:
+        app.demo.close()
+    lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"no result from the browser script (rc {run.returncode}): {run.stdout[-2000:]} {run.stderr[-2000:]}"
+    seen = json.loads(lines[-1])
+    assert run.returncode == 0 and seen["ok"], f"{seen.get('error')}\n{run.stderr[-2000:]}"
+    assert seen["status"].startswith("GLVC: 9 frames")
+    assert seen["download"]["name"].endswith(".glvc")
+    assert os.path.getsize(seen["screenshot"]) > 10_000

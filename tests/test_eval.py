@@ -1,0 +1,201 @@
+"""Smoke tests of ``python -m glvc eval`` and ``python -m glvc bench`` on a tiny random model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from glvc import cli
+from glvc.evaluate import EvalConfig, bd_pair, discover_clips, pareto_front, run_eval, span_crfs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_MP4 = os.path.join(ROOT, "tests", "data", "tiny.mp4")
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    from diffusers import AutoencoderKLWan
+
+    from glvc.codec import LatentCodec
+    from glvc.pipeline import GLVC
+    from glvc.tokenizer import Tokenizer
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(
+        base_dim=8, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[True, True],
+        patch_size=2, in_channels=12, out_channels=12, scale_factor_spatial=8,
+    )
+    codec = LatentCodec(channels=16, y_channels=16, hyper_channels=8, memory_channels=8)
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    GLVC(Tokenizer(vae), codec).save_pretrained(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def frame_clip(tmp_path_factory):
+    """A folder of 9 PNG frames, 64x64: a moving gradient with texture, plus a manifest giving 30 fps."""
+    root = tmp_path_factory.mktemp("clips")
+    folder = root / "ramp"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:64, 0:64].astype(np.float32)
+    for k in range(9):
+        f = np.stack([(x * 3 + 5 * k) % 256, (y * 4 + 2 * k) % 256, 128 + 90 * np.sin((x + y + 3 * k) / 9.0)], -1)
+        f = np.clip(np.round(f + rng.normal(0, 4, f.shape)), 0, 255).astype(np.uint8)
+        Image.fromarray(f).save(folder / f"{k:05d}.png")
+    (root / "manifest.json").write_text(json.dumps({"clips": [{"name": "ramp", "dir": "ramp", "fps": 30.0}]}))
+    return str(root)
+
+
+@pytest.fixture(autouse=True)
+def no_backbones(monkeypatch, tmp_path):
+    """LPIPS/DISTS must come back unavailable (with a reason), whatever this machine holds."""
+    missing = str(tmp_path / "missing.pth")
+    monkeypatch.setenv("GLVC_VGG16_WEIGHTS", missing)
+    monkeypatch.setenv("GLVC_ALEXNET_WEIGHTS", missing)
+    from glvc import metrics
+
+    metrics.clear_model_cache()
+
+
+def test_discover_clips(frame_clip):
+    srcs = discover_clips([frame_clip, TINY_MP4])
+    assert [(s.name, s.kind) for s in srcs] == [("ramp", "frames"), ("tiny", "video")]
+    assert float(srcs[0].fps) == 30.0
+    with pytest.raises(ValueError):
+        discover_clips([os.path.join(frame_clip, "nope")])
+
+
+def test_span_crfs_and_pareto():
+    assert span_crfs(20, 28, 5, 0, 51) == [20, 22, 24, 26, 28]
+    assert span_crfs(30, 31, 5, 0, 51) == [28, 29, 30, 31, 32]  # widened to 5 distinct CRFs
+    assert span_crfs(50, 51, 3, 0, 51) == [49, 50, 51]
+    r, v, dropped = pareto_front([0.1, 0.2, 0.3, 0.4], [30.0, 29.0, 33.0, 35.0])
+    assert r.tolist() == [0.1, 0.3, 0.4] and dropped == 1
+
+
+def test_bd_pair_sign_conventions():
+    rates = np.array([0.01, 0.02, 0.04, 0.08])
+    psnr = np.array([30.0, 33.0, 36.0, 39.0])
+    lp = np.array([0.4, 0.3, 0.2, 0.1])
+    # the test codec reaches the same quality with half the bits: BD-rate -50 %
+    a = list(zip(rates, psnr))
+    t = list(zip(rates / 2, psnr))
+    assert bd_pair(a, t, False)["bd_rate"] == pytest.approx(-50.0, abs=1e-6)
+    assert bd_pair(a, t, False)["bd_metric"] == pytest.approx(3.0, abs=0.05)
+    # lower-is-better metric: same sign for BD-rate, BD-metric negative = better
+    out = bd_pair(list(zip(rates, lp)), list(zip(rates / 2, lp)), True)
+    assert out["bd_rate"] == pytest.approx(-50.0, abs=1e-6)
+    assert out["bd_metric"] < 0
+    # no overlap in quality: no number, a reason
+    far = bd_pair(a, list(zip(rates, psnr - 20)), False)
+    assert far["bd_rate"] is None and "no quality overlap" in far["bd_rate_note"]
+    assert far["bd_metric"] == pytest.approx(-20.0, abs=1e-6)
+
+
+def test_eval_smoke(tiny_model_dir, frame_clip, tmp_path):
+    out = tmp_path / "eval"
+    cfg = EvalConfig(
+        codecs=("glvc", "x264", "x265"),
+        glvc_rates=(0, 63),
+        baseline_points=3,
+        metrics=("psnr", "ms_ssim", "vmaf", "lpips", "dists"),
+        max_frames=9,
+        progress=False,
+    )
+    result = run_eval([frame_clip], str(out), cfg, model=tiny_model_dir, command="test")
+    rows = result.rows
+    by_codec = {c: [r for r in rows if r["codec"] == c] for c in ("glvc", "x264", "x265")}
+    assert [r["rate"] for r in by_codec["glvc"]] == [0, 63]
+    assert len(by_codec["x264"]) == 3 and len(by_codec["x265"]) == 3
+    for codec, rs in by_codec.items():
+        for r in rs:
+            assert r["frames"] == 9 and (r["width"], r["height"]) == (64, 64) and r["fps"] == 30.0
+            assert r["bytes"] > 0 and r["bpp"] == pytest.approx(8 * r["bytes"] / (9 * 64 * 64))
+            assert r["kbps"] == pytest.approx(8 * r["bytes"] * 30.0 / 9 / 1000)
+            assert r["encode_fps"] > 0 and r["decode_fps"] > 0
+            assert isinstance(r["psnr"], float) and isinstance(r["vmaf"], float)
+            assert r["ms_ssim"] is not None and r["ms_ssim_variant"].startswith("SSIM")  # 64 px < 161 px
+            for m in ("lpips", "dists"):
+                assert r[m] is None and "missing.pth" in r[f"{m}_unavailable"]
+    # bpp rises with the rate (GLVC quality up, baseline CRF down)
+    g = by_codec["glvc"]
+    assert g[1]["bpp"] > g[0]["bpp"]
+    for codec in ("x264", "x265"):
+        rs = sorted(by_codec[codec], key=lambda r: r["rate"])
+        assert len({r["rate"] for r in rs}) == 3
+        # (at the top of the CRF range sizes need not fall monotonically on a 9-frame 64 px clip)
+        assert rs[0]["bpp"] > rs[-1]["bpp"]
+        # span mode: the sweep brackets GLVC's bytes (or hits the end of the CRF range)
+        assert rs[0]["bytes"] >= g[1]["bytes"] or rs[0]["rate"] == 0
+        assert rs[-1]["bytes"] <= g[0]["bytes"] or rs[-1]["rate"] == 51
+    assert "stage_seconds" in g[0] and "tokenizer_encode" in g[0]["stage_seconds"]["encode"]
+
+    # files
+    with open(out / "eval.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows) == 8
+    lp = [t for t in table if t["codec"] == "x264"][0]
+    assert lp["lpips"] == "" and lp["lpips_unavailable"] and float(lp["psnr"]) > 0
+    data = json.loads((out / "eval.json").read_text())
+    assert len(data["rows"]) == 8 and data["config"]["glvc_rates"] == [0, 63]
+    assert "lpips" in data["unavailable_metrics"] and "dists" in data["unavailable_metrics"]
+    md = (out / "bd_rate.md").read_text()
+    assert "BD-rate vs x265" in md and "BD-rate vs x264" in md
+    # x264 against x265 has a finite BD-rate on PSNR (both sweeps cover the same bpp range)
+    e = [b for b in result.bd if b["anchor"] == "x265" and b["test"] == "x264" and b["metric"] == "psnr"][0]
+    assert e["bd_rate"] is not None and np.isfinite(e["bd_rate"])
+    assert f"{e['bd_rate']:+.1f} %" in md
+    lp_entry = [b for b in result.bd if b["metric"] == "lpips"][0]
+    assert lp_entry["bd_rate"] is None and lp_entry["bd_rate_note"].startswith("unavailable:")
+    for m in ("psnr", "ms_ssim", "vmaf"):
+        png = out / f"rd_{m}.png"
+        assert png.stat().st_size > 5000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "rd_lpips.png").exists()
+    assert "## Rate points" in (out / "results.md").read_text()
+    assert not (out / "rows.partial.jsonl").exists()
+
+
+def test_eval_cli_baselines_only_on_video(tmp_path, capsys):
+    out = tmp_path / "cli"
+    rc = cli.main([
+        "eval", TINY_MP4, "--codecs", "x264", "x265", "--crf", "x264=24,34,44", "--crf", "x265=26,36,46",
+        "--metrics", "psnr", "lpips", "--out", str(out), "--quiet",
+    ])
+    assert rc == 0
+    data = json.loads((out / "eval.json").read_text())
+    assert [(r["codec"], r["rate"]) for r in data["rows"]] == [
+        ("x264", 24), ("x264", 34), ("x264", 44), ("x265", 26), ("x265", 36), ("x265", 46)
+    ]
+    assert (out / "rd_psnr.png").exists()
+    printed = capsys.readouterr().out
+    assert "BD-rate vs x265" in printed and "6 rows" in printed
+    assert cli.main(["eval", str(tmp_path / "missing.mp4"), "--codecs", "x264", "--out", str(out), "--quiet"]) == 2
+
+
+def test_bench_smoke(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "bench"
+    rc = cli.main(["bench", "--clip", TINY_MP4, "--model", tiny_model_dir, "--quality", "40", "--out", str(out), "--quiet"])
+    assert rc == 0
+    r = json.loads((out / "bench.json").read_text())
+    g, x = r["glvc"], r["x265"]
+    assert r["clip"]["frames"] == 9 and (r["clip"]["width"], r["clip"]["height"]) == (64, 48)
+    assert g["encode_fps"] > 0 and g["decode_fps"] > 0 and x["encode_fps"] > 0 and x["decode_fps"] > 0
+    assert r["ratios_glvc_over_x265"]["encode_fps"] == pytest.approx(g["encode_fps"] / x["encode_fps"])
+    assert r["ratios_glvc_over_x265"]["decode_fps"] == pytest.approx(g["decode_fps"] / x["decode_fps"])
+    enc, dec = g["encode_stages"], g["decode_stages"]
+    assert {"tokenizer_encode", "latent_coding.latent_transforms", "latent_coding.entropy_coding"} <= set(enc)
+    assert {"tokenizer_decode", "latent_decoding.latent_transforms", "latent_decoding.entropy_coding"} <= set(dec)
+    assert enc["latent_coding.entropy_coding"] > 0 and dec["latent_decoding.entropy_coding"] > 0
+    assert sum(enc.values()) <= g["encode_seconds"] * 1.01 and sum(dec.values()) <= g["decode_seconds"] * 1.01
+    assert g["encode_memory"]["peak_rss_mib"] > 50 and r["process_peak_rss_mib"] >= g["encode_memory"]["peak_rss_mib"] * 0.99
+    assert x["crf"] in range(0, 52) and "matched" in x["crf_choice"]
+    md = (out / "bench.md").read_text()
+    assert "GLVC / x265" in md and "entropy coding" in md and "tokenizer" in md
+    assert "GLVC / x265" in capsys.readouterr().out

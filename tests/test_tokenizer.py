@@ -1,0 +1,52 @@
+"""The tokenizer wrapper: streams equal diffusers' whole-clip encode/decode; input checks; Hub-style loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import AutoencoderKLWan
+
+from glvc.tokenizer import Tokenizer
+
+from .conftest import TINY_TOKENIZER
+
+PLAIN_8X = dict(base_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
+
+
+@pytest.mark.parametrize("config", [TINY_TOKENIZER, PLAIN_8X], ids=["patch2", "plain"])
+def test_streams_match_diffusers(config):
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(**config).eval()
+    tok = Tokenizer(vae)
+    x = torch.rand(1, 3, 9, 32, 48) * 2 - 1
+    with torch.no_grad():
+        reference = vae.encode(x).latent_dist.mode()
+        latents = tok.encode(x)
+        assert latents.shape == (1, 16, 3, 4, 6)
+        assert torch.allclose(tok.denormalize(latents), reference, atol=1e-5)
+        assert torch.allclose(tok.decode(latents), vae.decode(reference).sample, atol=1e-4)
+
+
+def test_rejects_bad_shapes():
+    tok = Tokenizer(AutoencoderKLWan(**TINY_TOKENIZER))
+    with pytest.raises(ValueError, match="1 \\+ 4k"):
+        tok.encode(torch.zeros(1, 3, 4, 32, 32))
+    with pytest.raises(ValueError, match="stride"):
+        tok.encode(torch.zeros(1, 3, 5, 30, 32))
+    stream = tok.encoder_stream()
+    with pytest.raises(ValueError, match="\\(B, 3, 1, H, W\\)"):
+        stream.push(torch.zeros(1, 3, 4, 32, 32))
+
+
+def test_needs_4x_temporal_downsampling():
+    with pytest.raises(ValueError, match="temporal"):
+        Tokenizer(AutoencoderKLWan(**{**PLAIN_8X, "temperal_downsample": [False, False, True]}))
+
+
+def test_from_pretrained_local_folder(tmp_path):
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(**TINY_TOKENIZER)
+    vae.save_pretrained(tmp_path / "vae")
+    tok = Tokenizer.from_pretrained(str(tmp_path), subfolder="vae")
+    x = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    assert torch.equal(tok.encode(x), Tokenizer(vae.eval()).encode(x))
