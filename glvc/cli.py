@@ -46,18 +46,36 @@ def _load_model(args):
     return GLVC.from_pretrained(args.model)
 
 
-def cmd_encode(args) -> int:
-    from .video_io import read_video
+# Frames above this many pixels are refused by ``encode`` unless --max-height brings them down: the
+# tokenizer's activations grow with the frame (8K with the bundled model would need tens of GB).
+MAX_ENCODE_PIXELS = 3840 * 2160
 
-    video = read_video(args.input, max_frames=args.max_frames, max_seconds=args.max_seconds, max_height=args.max_height)
-    if video.truncated:
-        print(f"note: input trimmed to {video.num_frames} frames", file=sys.stderr)
+
+def cmd_encode(args) -> int:
+    import itertools
+
+    from .video_io import FrameStream, VideoError
+
+    # streamed: frames go through the tokenizer and the codec one latent frame (4 frames) at a
+    # time, so memory does not grow with the clip's length
+    video = FrameStream(args.input, max_frames=args.max_frames, max_seconds=args.max_seconds, max_height=args.max_height)
+    frames = iter(video)
+    first = next(frames)
+    height, width = first.shape[:2]
+    if width * height > MAX_ENCODE_PIXELS:
+        raise VideoError(
+            f"frames are {width}x{height} ({width * height / 1e6:.1f} MP); encode codes at most "
+            f"{MAX_ENCODE_PIXELS / 1e6:.1f} MP per frame: pass --max-height 2160 (or lower) to downscale"
+        )
     model = _load_model(args)
     progress = _Progress("encode", not args.quiet)
     try:
-        result = model.encode(video.frames, video.fps, args.rate, refresh_period=args.refresh, reconstruct=False, progress=progress)
+        result = model.encode(itertools.chain([first], frames), video.fps, args.rate, refresh_period=args.refresh,
+                              reconstruct=False, progress=progress)
     finally:
         progress.close()
+    if video.truncated:
+        print(f"note: input trimmed to {video.count} frames", file=sys.stderr)
     with open(args.output, "wb") as f:
         f.write(result.bitstream)
     print(result.report.summary())
@@ -65,23 +83,45 @@ def cmd_encode(args) -> int:
 
 
 def cmd_decode(args) -> int:
-    from .video_io import write_video
+    from . import bitstream
+    from .pipeline import Report, _Timer
+    from .video_io import VideoWriter
 
     with open(args.input, "rb") as f:
         data = f.read()
+    header = bitstream.unpack_header(data)[0]
     model = _load_model(args)
     progress = _Progress("decode", not args.quiet)
+    timer = _Timer()
+    # streamed: each latent frame's pixels go to the output as soon as they are decoded; the
+    # output appears (renamed from a partial file) only when the whole stream decoded
+    partial = f"{args.output}.partial"
     try:
-        result = model.decode(data, progress=progress)
+        frames = model.decode_stream(data, progress=progress, timer=timer)
+        if args.output.endswith(".npy"):
+            import numpy as np
+
+            shape = (header.frames, header.height, header.width, 3)
+            out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
+            done = 0
+            for chunk in frames:
+                out[done : done + len(chunk)] = chunk
+                done += len(chunk)
+            out.flush()
+            del out
+        else:
+            with VideoWriter(partial, header.fps) as writer:
+                for chunk in frames:
+                    writer.write(chunk)
+        os.replace(partial, args.output)
+    except BaseException:
+        if os.path.exists(partial):
+            os.remove(partial)
+        raise
     finally:
         progress.close()
-    if args.output.endswith(".npy"):
-        import numpy as np
-
-        np.save(args.output, result.frames)
-    else:
-        write_video(args.output, result.frames, result.fps)
-    print(result.report.summary())
+    report = Report(len(data), header.frames, header.width, header.height, float(header.fps), header.quality, timer.timings)
+    print(report.summary())
     return 0
 
 

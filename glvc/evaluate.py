@@ -586,6 +586,7 @@ def run_eval(
     cfg = cfg or EvalConfig()
     cfg.validate()
     t_start = time.perf_counter()
+    cpu_start = _cpu_seconds()
     sources = discover_clips(clips)
     os.makedirs(out_dir, exist_ok=True)
     partial_path = os.path.join(out_dir, PARTIAL_NAME)
@@ -703,10 +704,18 @@ def run_eval(
         bd = compute_bd(rows, cfg.metrics, anchors=[a for a in BD_ANCHORS if a in cfg.codecs])
     config = _config_record(cfg, sources, model_name, fingerprint, command)
     elapsed = time.perf_counter() - t_start
+    config["cpu_seconds_this_run"] = _cpu_seconds() - cpu_start
+    config["resumed_rows"] = sum(1 for r in rows if _row_key(r) in cached)
     files = write_outputs(out_dir, rows, bd, cfg, config, elapsed)
     if os.path.exists(partial_path):
         os.remove(partial_path)
     return EvalResult(rows, bd, files, config, elapsed)
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process (all threads, FFmpeg included)."""
+    t = os.times()
+    return t.user + t.system
 
 
 def _json_default(obj):
@@ -748,7 +757,14 @@ def _config_record(cfg: EvalConfig, sources: Sequence[ClipSource], model_name, f
         "max_frames": cfg.max_frames,
         "max_height": cfg.max_height,
         "warmup": cfg.warmup,
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(), "cuda": torch.cuda.is_available()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "cuda": torch.cuda.is_available(),
+            "load_average_1_5_15min_at_end": [round(v, 2) for v in os.getloadavg()],
+            "nice": os.nice(0),
+        },
         "versions": versions,
         "bd_convention": "bjontegaard Akima; rate = bpp; BD-rate % negative = fewer bits at equal quality (better); "
         "LPIPS/DISTS negated before interpolation; BD-metric = mean (test - anchor) at equal rate in metric units",
@@ -980,6 +996,7 @@ def plot_rd(rows: Sequence[dict], metrics: Sequence[str], out_dir: str) -> dict[
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     files = {}
     clips = list(dict.fromkeys(r["clip"] for r in rows))
@@ -999,7 +1016,10 @@ def plot_rd(rows: Sequence[dict], metrics: Sequence[str], out_dir: str) -> dict[
             first = clip_rows[0]
             ax.set_title(f"{clip} ({first['width']}x{first['height']}, {first['frames']} frames)", fontsize=10)
             ax.set_xscale("log")
-            ax.set_xlabel("bits per pixel")
+            ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%.3g"))
+            ax.xaxis.set_minor_formatter(ticker.FormatStrFormatter("%.3g"))
+            ax.tick_params(axis="x", which="minor", labelsize=7)
+            ax.set_xlabel("bits per pixel (log scale)")
             label = METRIC_LABELS.get(m, m)
             if variant and variant != {"MS-SSIM"}:
                 label = "SSIM (frame < 161 px: no MS-SSIM)"
@@ -1062,9 +1082,13 @@ def write_outputs(out_dir: str, rows: Sequence[dict], bd: Sequence[dict], cfg: E
     md = ["# GLVC evaluation", ""]
     if config.get("command"):
         md += ["```", config["command"], "```", ""]
+    resumed = config.get("resumed_rows") or 0
     md.append(
-        f"{len(rows)} rate points over {len({r['clip'] for r in rows})} clip(s), {elapsed / 60:.1f} min on "
-        f"{config['machine']['cpus']} CPU(s) ({config['machine']['torch_threads']} torch threads). "
+        f"{len(rows)} rate points over {len({r['clip'] for r in rows})} clip(s), {elapsed / 60:.1f} min wall, "
+        f"{config.get('cpu_seconds_this_run', 0) / 60:.1f} CPU-min"
+        + (f" (this run; {resumed} rows reused from an interrupted run)" if resumed else "")
+        + f" on {config['machine']['cpus']} CPU(s) ({config['machine']['torch_threads']} torch threads, "
+        f"load average at the end {config['machine']['load_average_1_5_15min_at_end']}). "
         f"Model: `{config.get('model')}` (fingerprint {config.get('model_fingerprint')}). "
         f"Baseline CRFs: `{cfg.baseline_mode}` mode, byte count `{cfg.count}`."
     )
@@ -1147,7 +1171,8 @@ def cmd_eval(args) -> int:
         device=args.device,
         progress=not args.quiet,
     )
-    command = "python -m glvc " + " ".join(_quote(a) for a in sys.argv[1:]) if sys.argv and sys.argv[0].endswith(("glvc", "__main__.py")) else None
+    # --resume does not change the results: leave it out of the recorded command
+    command = "python -m glvc " + " ".join(_quote(a) for a in sys.argv[1:] if a != "--resume") if sys.argv and sys.argv[0].endswith(("glvc", "__main__.py")) else None
     result = run_eval(args.clips, args.out, cfg, model=args.model if "glvc" in cfg.codecs else None, command=command)
     with open(result.files["bd_markdown"]) as f:
         print(f.read())

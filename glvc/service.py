@@ -43,7 +43,7 @@ from . import bitstream
 from .bitstream import BitstreamError
 from .cli import default_model
 from .pipeline import GLVC, ModelLoadError
-from .video_io import VideoError, probe_fps, read_video, write_video
+from .video_io import Video, VideoError, probe_fps, read_video, write_video
 
 # ---------------------------------------------------------------------------------------------
 # limits
@@ -360,7 +360,7 @@ def _check_upload(path: str | None, what: str, max_bytes: int) -> int:
     return size
 
 
-def load_clip(path: str | None, max_height: int, max_seconds: float, lim: Limits | None = None):
+def load_clip(path: str | None, max_height: int, max_seconds: float, lim: Limits | None = None) -> Video:
     """Read an upload within the limits; every refusal is a UserError with the numbers."""
     lim = lim or limits()
     if not lim.min_height <= max_height <= lim.max_height:
@@ -378,9 +378,13 @@ def load_clip(path: str | None, max_height: int, max_seconds: float, lim: Limits
         fps = probe_fps(path)
         # floor with a tolerance: 0.9 s at 10 fps is 9 frames, not 8.999...
         max_frames = max(1, math.floor(max_seconds * fps + 1e-6))
-        return read_video(path, max_frames=max_frames, max_height=int(max_height))
+        video = read_video(path, max_frames=max_frames, max_height=int(max_height))
     except VideoError as err:
         raise UserError(str(err).splitlines()[0]) from err
+    # robustness (tests/test_hostile.py): a 1-pixel side breaks the quality metrics (SSIM)
+    if min(video.width, video.height) < 2:
+        raise UserError(f"{os.path.basename(path)} is {video.width}x{video.height} pixels; at least 2x2 are needed")
+    return video
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,8 +443,8 @@ class EncodeOutcome:
 def _metric_cell(value) -> str:
     if value is None:
         return "-"
-    if not value.available:
-        return f"unavailable: {value.unavailable_reason}"
+    if not value.available:  # the first clause; the whole reason is in the details
+        return f"unavailable: {value.unavailable_reason.split(':')[0].split(' (')[0]}"
     if value.name.startswith("PSNR"):
         return f"{value.value:.2f} dB"
     if value.name == "VMAF":

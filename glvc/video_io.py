@@ -156,6 +156,51 @@ def _decode(path, max_frames, max_seconds, max_height, max_width):
         container.close()
 
 
+class FrameStream:
+    """The frames :func:`read_video` returns, decoded one at a time and not kept.
+
+    Iterate once; afterwards ``count``, ``truncated`` and ``source_size`` say what was read (as
+    the fields of :class:`Video` do). ``fps`` is known before the first frame. Memory does not
+    grow with the clip's length. Raises :class:`VideoError` like :func:`read_video`.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        max_frames: int | None = None,
+        max_seconds: float | None = None,
+        max_height: int | None = None,
+        max_width: int | None = None,
+    ):
+        self.path = path
+        self.max_frames, self.max_seconds = max_frames, max_seconds
+        self.max_height, self.max_width = max_height, max_width
+        self.fps = probe_fps(path)  # opens the file: a bad upload fails here, before any work
+        self.count = 0
+        self.truncated = False  # True when max_frames or max_seconds cut the clip short
+        self.source_size: tuple[int, int] | None = None  # (width, height) after rotation, before resizing
+        self.frame_shape: tuple[int, ...] | None = None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for rgb, (w, h, fps) in _decode(self.path, None, None, self.max_height, self.max_width):
+            self.fps = fps
+            if (self.max_frames is not None and self.count >= self.max_frames) or (
+                self.max_seconds is not None and self.count >= max(1, int(self.max_seconds * fps))
+            ):
+                self.truncated = True
+                return
+            if self.frame_shape is not None and rgb.shape != self.frame_shape:
+                raise VideoError(
+                    f"frame size changes mid-stream ({self.frame_shape[1]}x{self.frame_shape[0]} to {rgb.shape[1]}x{rgb.shape[0]})"
+                )
+            self.source_size = self.source_size or (w, h)
+            self.frame_shape = rgb.shape
+            self.count += 1
+            yield rgb
+        if not self.count:
+            raise VideoError(f"{os.path.basename(self.path)} has no decodable video frames")
+
+
 def read_video(
     path: str,
     max_frames: int | None = None,
@@ -166,23 +211,12 @@ def read_video(
     """Decode a whole clip (within the limits) into memory.
 
     ``max_frames``/``max_seconds`` trim the clip (``Video.truncated`` says so);
-    ``max_height``/``max_width`` downscale it, keeping the aspect ratio.
+    ``max_height``/``max_width`` downscale it, keeping the aspect ratio. :class:`FrameStream`
+    gives the same frames one at a time.
     """
-    frames = []
-    source_size = None
-    fps = DEFAULT_FPS
-    for rgb, (w, h, fps) in _decode(path, None, None, max_height, max_width):
-        if (max_frames is not None and len(frames) >= max_frames) or (
-            max_seconds is not None and len(frames) >= max(1, int(max_seconds * fps))
-        ):
-            return Video(np.stack(frames), fps, source_size, truncated=True)
-        if frames and rgb.shape != frames[0].shape:
-            raise VideoError(f"frame size changes mid-stream ({frames[0].shape[1]}x{frames[0].shape[0]} to {rgb.shape[1]}x{rgb.shape[0]})")
-        source_size = source_size or (w, h)
-        frames.append(rgb)
-    if not frames:
-        raise VideoError(f"{os.path.basename(path)} has no decodable video frames")
-    return Video(np.stack(frames), fps, source_size)
+    stream = FrameStream(path, max_frames, max_seconds, max_height, max_width)
+    frames = list(stream)
+    return Video(np.stack(frames), stream.fps, stream.source_size, truncated=stream.truncated)
 
 
 def write_video(path: str, frames: np.ndarray, fps: Fraction | float, crf: int = 18, preset: str = "medium") -> None:
@@ -190,17 +224,72 @@ def write_video(path: str, frames: np.ndarray, fps: Fraction | float, crf: int =
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
-    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
-    if pad_h or pad_w:
-        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    rate = Fraction(fps).limit_denominator(1001)
-    with av.open(path, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
-        stream = container.add_stream("libx264", rate=rate)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": preset}
+    with VideoWriter(path, fps, crf=crf, preset=preset) as writer:
+        writer.write(frames)
+
+
+class VideoWriter:
+    """What :func:`write_video` writes, fed a few frames at a time (memory does not grow with the clip).
+
+    ``with VideoWriter(path, fps) as w: w.write(frames)`` for each (n, H, W, 3) uint8 batch; the file
+    is opened at the first frame, finished on a clean exit and removed when the block raises.
+    """
+
+    def __init__(self, path: str, fps: Fraction | float, crf: int = 18, preset: str = "medium"):
+        self.path = path
+        self.rate = Fraction(fps).limit_denominator(1001)
+        self.crf, self.preset = crf, preset
+        self.container = None
+        self.stream = None
+        self.shape: tuple[int, int] | None = None  # (H, W) of the frames given
+        self.count = 0
+
+    def write(self, frames: np.ndarray) -> None:
+        frames = np.asarray(frames)
+        if frames.ndim == 3:
+            frames = frames[None]
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
+        if self.shape is None:
+            self.shape = frames.shape[1:3]
+        elif frames.shape[1:3] != self.shape:
+            raise ValueError(f"frame size changed from {self.shape[1]}x{self.shape[0]} to {frames.shape[2]}x{frames.shape[1]}")
+        pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2  # 4:2:0 needs even sizes
+        if pad_h or pad_w:
+            frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+        if self.container is None:
+            self.container = av.open(self.path, mode="w", format="mp4", options={"movflags": "+faststart"})
+            self.stream = self.container.add_stream("libx264", rate=self.rate)
+            self.stream.width, self.stream.height = frames.shape[2], frames.shape[1]
+            self.stream.pix_fmt = "yuv420p"
+            self.stream.options = {"crf": str(self.crf), "preset": self.preset}
         for rgb in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            for packet in self.stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                self.container.mux(packet)
+            self.count += 1
+
+    def close(self) -> None:
+        if self.container is None:
+            return
+        try:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+        finally:
+            self.container.close()
+            self.container = None
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        if self.container is not None:
+            try:
+                self.container.close()
+            except av.FFmpegError:
+                pass
+            self.container = None
+        if os.path.exists(self.path):
+            os.remove(self.path)

@@ -10,22 +10,19 @@ from __future__ import annotations
 import glob
 import os
 import socket
-import sys
 import tempfile
 
 import numpy as np
 import pytest
 
-gradio_client = pytest.importorskip("gradio_client")
-from gradio_client import Client, handle_file  # noqa: E402
-from gradio_client.exceptions import AppError  # noqa: E402
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+from glvc import service
+from glvc.metrics import psnr_rgb
+from glvc.video_io import read_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from glvc import service  # noqa: E402
-from glvc.metrics import psnr_rgb  # noqa: E402
-from glvc.video_io import read_video  # noqa: E402
 
 VTEST = os.path.join(ROOT, "examples", "vtest_3s.mp4")
 SMALL = {"max_height": 64, "max_seconds": 0.9}  # vtest: 86x64, 9 frames
@@ -74,9 +71,10 @@ def encoded(client):
     return out, _request_dirs() - before
 
 
+@pytest.mark.slow
 class TestEncodeDecode:
     def test_encode_outputs(self, encoded):
-        (status, decoded, sbs, table, stages, glvc_path, details), new_dirs = encoded
+        (status, _, sbs, table, stages, glvc_path, details), new_dirs = encoded
         assert status.startswith("GLVC: 9 frames 86x64") and "\n" not in status
         assert details["input"]["frames"] == 9 and details["input"]["coded_size"] == [86, 64]
         assert details["glvc"]["quality"] == 32
@@ -115,6 +113,7 @@ class TestEncodeDecode:
         assert f"chosen for a target of {target:,} bytes" in status
 
 
+@pytest.mark.slow
 class TestBadUploads:
     """Each refusal is one line that names the problem, never a traceback."""
 
@@ -143,7 +142,8 @@ class TestBadUploads:
 
     def test_corrupt_glvc(self, client, encoded, tmp_path):
         glvc_path = encoded[0][5]
-        data = open(glvc_path, "rb").read()
+        with open(glvc_path, "rb") as f:
+            data = f.read()
         truncated = tmp_path / "truncated.glvc"
         truncated.write_bytes(data[: len(data) // 2])
         flipped = tmp_path / "flipped.glvc"
@@ -151,7 +151,7 @@ class TestBadUploads:
         garbage = tmp_path / "garbage.glvc"
         garbage.write_bytes(b"not a glvc stream at all")
         for path in (truncated, flipped, garbage):
-            message = self._error(lambda: client.predict(handle_file(str(path)), "default", api_name="/decode"))
+            message = self._error(lambda path=path: client.predict(handle_file(str(path)), "default", api_name="/decode"))
             assert f"{path.name} is not a valid .glvc file" in message or f"{path.name} is corrupt" in message
 
     def test_no_upload(self, client):

@@ -181,7 +181,7 @@ def test_eval_cli_baselines_only_on_video(tmp_path, capsys):
 
 def test_bench_smoke(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "bench"
-    rc = cli.main(["bench", "--clip", TINY_MP4, "--model", tiny_model_dir, "--quality", "40", "--out", str(out), "--quiet"])
+    rc = cli.main(["bench", "--clip", TINY_MP4, "--model", tiny_model_dir, "--quality", "40", "--repeat", "2", "--out", str(out), "--quiet"])
     assert rc == 0
     r = json.loads((out / "bench.json").read_text())
     g, x = r["glvc"], r["x265"]
@@ -196,6 +196,24 @@ def test_bench_smoke(tiny_model_dir, tmp_path, capsys):
     assert sum(enc.values()) <= g["encode_seconds"] * 1.01 and sum(dec.values()) <= g["decode_seconds"] * 1.01
     assert g["encode_memory"]["peak_rss_mib"] > 50 and r["process_peak_rss_mib"] >= g["encode_memory"]["peak_rss_mib"] * 0.99
     assert x["crf"] in range(0, 52) and "matched" in x["crf_choice"]
+    assert r["repeat"] == 2 and len(g["encode_seconds_all_runs"]) == 2 and g["encode_seconds"] == min(g["encode_seconds_all_runs"])
+    assert len(x["decode_seconds_all_runs"]) == 2 and x["decode_seconds"] == min(x["decode_seconds_all_runs"])
     md = (out / "bench.md").read_text()
     assert "GLVC / x265" in md and "entropy coding" in md and "tokenizer" in md
     assert "GLVC / x265" in capsys.readouterr().out
+
+
+def test_eval_match_mode_and_max_height(tiny_model_dir, frame_clip, tmp_path):
+    cfg = EvalConfig(
+        codecs=("glvc", "x264"), glvc_rates=(0, 63), baseline_mode="match", metrics=("psnr",),
+        max_frames=5, max_height=32, progress=False, warmup=False,
+    )
+    result = run_eval([frame_clip], str(tmp_path / "match"), cfg, model=tiny_model_dir)
+    glvc = [r for r in result.rows if r["codec"] == "glvc"]
+    x264 = [r for r in result.rows if r["codec"] == "x264"]
+    assert all((r["width"], r["height"], r["frames"]) == (32, 32, 5) for r in result.rows)
+    assert 1 <= len(x264) <= 2 and all("matched to GLVC" in r["notes"] for r in x264)
+    for r in x264:  # each matched stream is the largest not above its GLVC target, or the smallest reachable
+        targets = [g["bytes"] for g in glvc]
+        assert any(r["bytes"] <= t for t in targets) or r["rate"] == 51
+    assert [e for e in result.bd if e["anchor"] == "x264" and e["test"] == "glvc"]

@@ -46,6 +46,33 @@ WEIGHTS_NAME = "model.safetensors"
 
 _deterministic_lock = threading.RLock()
 
+# compressai's rANS decoder (``decode_with_indexes``) reads its input without any bounds check:
+# it takes one 32-bit word per symbol when its state runs low, and in "bypass" mode (a value
+# beyond the table) as many 4-bit groups as the stream claims. An honest string is never
+# over-read, but a corrupt or crafted one makes it read past the end of the buffer: the output
+# then depends on whatever lies there, and a long run of 0xFF bytes (about 15 bytes read per
+# byte given) segfaults the process (tests/test_fuzz.py::TestRansOverread; CompressAI issue 300).
+# So every string is first checked against the longest an honest encoder can write and then
+# followed by zero bytes, well beyond the worst over-read measured by an exact model of the
+# decoder under adversarial search (16 bytes per input byte + 4 per symbol + 8).
+RANS_MAX_BYTES_PER_SYMBOL = 7  # 16 bits of symbol + 4 of bypass count + 32 of bypass value, rounded up
+RANS_FLUSH_BYTES = 16
+RANS_PAD_PER_BYTE = 32
+RANS_PAD_PER_SYMBOL = 8
+RANS_PAD_BYTES = 1024
+
+
+def rans_input(string: bytes, symbols: int, what: str) -> bytes:
+    """``string`` made safe for compressai's unchecked rANS decoder of ``symbols`` symbols.
+
+    Raises :class:`BitstreamError` when it is longer than any honest encoding of that many
+    symbols; otherwise returns it followed by enough zero bytes that the decoder never reads
+    beyond them (memory: at most 32 bytes per input byte + 8 per symbol + 1 kB)."""
+    limit = RANS_MAX_BYTES_PER_SYMBOL * symbols + RANS_FLUSH_BYTES
+    if len(string) > limit:
+        raise BitstreamError(f"{what} is {len(string)} bytes, more than {symbols} symbols can take ({limit})")
+    return bytes(string) + bytes(RANS_PAD_PER_BYTE * len(string) + RANS_PAD_PER_SYMBOL * symbols + RANS_PAD_BYTES)
+
 
 @contextlib.contextmanager
 def deterministic_cpu():
@@ -270,8 +297,10 @@ class LatentCodec(CompressionModel, ConfigMixin):
         y_string = payload[reader.pos :]
         if not y_string:
             raise BitstreamError("frame payload has no latent data after the hyper-latent")
+        shape = (h // self.spatial_stride, w // self.spatial_stride)
+        hz_string = rans_input(hz_string, self.config.hyper_channels * shape[0] * shape[1], "hyper-latent")
+        y_string = rans_input(y_string, self.config.y_channels * (h // 2) * (w // 2), "latent data")
         with deterministic_cpu():
-            shape = (h // self.spatial_stride, w // self.spatial_stride)
             hz_hat = self.entropy_bottleneck.decompress([hz_string], shape)
             memory = self._memory(state, hz_hat.new_empty(1, 1, h, w))
             context = self.context_net(memory)

@@ -1,6 +1,7 @@
 // Drive the GLVC Gradio app in a real browser (Debian's chromium through playwright-core):
 // upload a clip, encode, and check that the decoded video plays, the numbers show and the
-// .glvc download works; save a full-page screenshot.
+// .glvc download works; then decode that download in the second tab. Saves full-page
+// screenshots app.png (the encode tab) and app_decode.png, and fails on any error in the page.
 //
 // Environment:
 //   APP_URL      the running app, e.g. http://127.0.0.1:7860/ (required)
@@ -94,7 +95,7 @@ try {
   check((await page.locator("#stages").innerText()).includes("total"), "the time per stage");
 
   // the download
-  const link = page.locator("#bitstream a").filter({ hasText: /\.glvc/ }).first();
+  const link = page.locator("#bitstream td.download a").first(); // gr.File: name cells, then the size as the link
   await link.waitFor({ timeout: 30_000 });
   const [download] = await Promise.all([page.waitForEvent("download"), link.click()]);
   const saved = path.join(outDir, download.suggestedFilename());
@@ -104,14 +105,39 @@ try {
   const magic = fs.readFileSync(saved).subarray(0, 4).toString("latin1");
   check(magic === "GLVC", `the download starts with GLVC, not ${JSON.stringify(magic)}`);
 
-  await page.locator("#side-by-side video").scrollIntoViewIfNeeded();
   await page.evaluate(() => window.scrollTo(0, 0));
   await page.waitForTimeout(500);
+  await page.screenshot({ path: path.join(outDir, "app.png"), fullPage: true });
+
+  // the second tab: the downloaded bitstream decodes to a playable video of the same size
+  await page.getByRole("tab", { name: "Decode a .glvc file" }).click();
+  await page.locator("#glvc-in input[type=file]").setInputFiles(saved);
+  await page.locator("#glvc-in").getByText(seen.download.name).waitFor({ timeout: 30_000 });
+  await page.locator("#decode").click();
+  const decodeStatus = page.locator("#decode-status");
+  await decodeStatus.getByText(/^Decoded \d+ frames/).waitFor({ timeout });
+  seen.decode_status = (await decodeStatus.innerText()).trim();
+  const frames = seen.status.match(/^GLVC: (\d+ frames \d+x\d+)/)[1];
+  check(seen.decode_status.startsWith(`Decoded ${frames}`), `the decode tab gives ${frames} too`);
+  const decodedOnly = await page.locator("#decoded-only video").evaluate(
+    (v) =>
+      new Promise((resolve) => {
+        const done = () => resolve({ width: v.videoWidth, height: v.videoHeight, duration: v.duration });
+        if (v.readyState >= 1) return done();
+        v.addEventListener("loadedmetadata", done, { once: true });
+        setTimeout(done, 15_000);
+      }),
+  );
+  check(decodedOnly.width === seen.video.width && decodedOnly.height === seen.video.height, `decoded sizes match (${JSON.stringify(decodedOnly)})`);
+  check(!seen.page_errors, `no errors in the page: ${JSON.stringify(seen.page_errors)}`);
 } catch (err) {
   failed = err;
 } finally {
-  seen.screenshot = path.join(outDir, "app.png");
-  await page.screenshot({ path: seen.screenshot, fullPage: true }).catch(() => delete seen.screenshot);
+  seen.screenshot = path.join(outDir, "app.png"); // the encode tab with its results
+  if (!fs.existsSync(seen.screenshot) || failed) {
+    await page.screenshot({ path: seen.screenshot, fullPage: true }).catch(() => delete seen.screenshot);
+  }
+  await page.screenshot({ path: path.join(outDir, "app_decode.png"), fullPage: true }).catch(() => {});
   await browser.close();
 }
 seen.ok = !failed;

@@ -1,0 +1,184 @@
+"""GLVC demo (Gradio app and Hugging Face Space): upload a clip, pick a rate, get the decoded
+video, its bitrate and quality scores, an x265 comparison at the same size, and the ``.glvc``
+bitstream; a second tab decodes a shared ``.glvc`` file.
+
+Layout only: the work (reading, limits, encoding, metrics, files) is in :mod:`glvc.service`.
+
+Run: ``python app.py`` and open http://127.0.0.1:7860.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator
+
+from glvc import service  # before gradio and torch: it imports `spaces` first
+
+import gradio as gr  # noqa: E402
+
+
+def without_tempfile_leak(component: gr.File) -> gr.File:
+    """Make a ``gr.File(type="filepath")`` input pass the uploaded path on as it is.
+
+    Gradio 6.31's ``File._process_single_file`` opens an empty ``NamedTemporaryFile(delete=False)``
+    in its cache for every upload and never uses or removes it, so each decode request left a
+    0-byte file behind (tests/test_concurrency.py). Patched on the instance: a ``gr.File``
+    subclass would do the same, but gradio then serves it as a custom component, whose frontend
+    fails to load in the browser, and writes an ``app.pyi`` beside this file.
+    """
+    from gradio.utils import NamedString
+    from gradio_client import utils as client_utils
+
+    original = component._process_single_file
+
+    def process_single_file(f):
+        if component.type != "filepath":
+            return original(f)
+        if component.file_types and not client_utils.is_valid_file(f.path, component.file_types):
+            raise gr.Error(f"Invalid file type. Please upload a file that is one of these formats: {component.file_types}")
+        return NamedString(f.path)
+
+    component._process_single_file = process_single_file
+    return component
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EXAMPLES = [os.path.join(HERE, "examples", name) for name in ("bigbuckbunny_3s.mp4", "vtest_3s.mp4", "bikes_2s.mp4")]
+LIMITS = service.limits()
+DEVICE = "gpu" if service.has_gpu() else "cpu"
+MAX_QUALITY = service.get_model(service.DEFAULT_MODEL_KEY).max_quality
+DEFAULT_QUALITY = 32
+RATE_MODES = [("Quality index", "quality"), ("Target bitrate (kbps)", "kbps"), ("Target file size (kB)", "kilobytes")]
+
+INTRO = f"""
+# GLVC: generative latent video compression
+
+A causal video VAE turns the clip into latents (one latent frame per 4 video frames); a learned
+latent codec with a temporal memory entropy-codes them into a `.glvc` bitstream. Upload a clip
+(or pick an example), choose a rate, and compare the result with x265 at the same number of bytes.
+
+**Limits.** {LIMITS.describe(DEVICE)} On 2 CPU cores the default (240p, 2 s, with the x265
+comparison) takes about 1.5 minutes, two thirds of it in the tokenizer; a GPU is much faster.
+"""
+
+EncodeOutputs = tuple[str, str, str, list[list[str]], list[list[str]], str, dict[str, Any]]
+DecodeOutputs = tuple[str, str, dict[str, Any]]
+
+
+def encode_video(
+    video: str | None,
+    model_key: str,
+    rate_mode: str,
+    quality: float,
+    kbps: float,
+    kilobytes: float,
+    max_height: float,
+    max_seconds: float,
+    compare_x265: bool,
+    progress: gr.Progress = gr.Progress(),
+) -> Iterator[EncodeOutputs]:
+    """Encode, decode and score one clip. A generator: the request's folder is removed once the
+    outputs are served (gradio copies them into its cache before asking for the next item)."""
+    rate = service.Rate(rate_mode, int(quality), kbps, kilobytes)
+    with service.workspace() as workdir:
+        try:
+            out = service.encode_clip(video, model_key, rate, int(max_height), float(max_seconds), bool(compare_x265), workdir, progress)
+        except service.UserError as err:
+            raise gr.Error(str(err), print_exception=False) from None
+        yield out.status, out.decoded_mp4, out.side_by_side_mp4, out.table, out.timings, out.bitstream_path, out.details
+
+
+def decode_bitstream(glvc_file: str | None, model_key: str, progress: gr.Progress = gr.Progress()) -> Iterator[DecodeOutputs]:
+    """Decode an uploaded .glvc file (same clean-up as :func:`encode_video`)."""
+    with service.workspace() as workdir:
+        try:
+            out = service.decode_file(glvc_file, model_key, workdir, progress)
+        except service.UserError as err:
+            raise gr.Error(str(err), print_exception=False) from None
+        yield out.status, out.decoded_mp4, out.details
+
+
+def show_rate_inputs(rate_mode: str) -> tuple[dict, dict, dict]:
+    return (
+        gr.update(visible=rate_mode == "quality"),
+        gr.update(visible=rate_mode == "kbps"),
+        gr.update(visible=rate_mode == "kilobytes"),
+    )
+
+
+def quality_hint(model_key: str, quality: float) -> str:
+    return service.quality_hint(model_key, int(quality))
+
+
+def model_info(model_key: str, quality: float) -> tuple[str, str]:
+    return service.model_status(model_key), service.quality_hint(model_key, int(quality))
+
+
+with gr.Blocks(title="GLVC: generative latent video compression", delete_cache=(3600, 3600)) as demo:
+    gr.Markdown(INTRO)
+    with gr.Row():
+        model = gr.Dropdown(
+            [(choice.label, key) for key, choice in service.MODEL_CHOICES.items()],
+            value=service.DEFAULT_MODEL_KEY, label="Model", scale=1,
+        )
+        model_note = gr.Markdown(service.model_status(service.DEFAULT_MODEL_KEY))
+
+    with gr.Tab("Encode a clip"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                video_in = gr.Video(label="Clip", sources=["upload"], height=260, elem_id="clip")
+                gr.Examples([[path] for path in EXAMPLES], inputs=[video_in], label="Example clips", cache_examples=False)
+                rate_mode = gr.Radio(RATE_MODES, value="quality", label="Rate control")
+                quality = gr.Slider(0, MAX_QUALITY, value=DEFAULT_QUALITY, step=1, label=f"Quality index (0 .. {MAX_QUALITY}, higher = more bytes)")
+                kbps = gr.Number(value=60, minimum=1, label="Target bitrate (kbps); the encoder picks the quality index", visible=False)
+                kilobytes = gr.Number(value=15, minimum=0.1, label="Target file size (kB = 1000 bytes); the encoder picks the quality index", visible=False)
+                hint = gr.Markdown(service.quality_hint(service.DEFAULT_MODEL_KEY, DEFAULT_QUALITY))
+                with gr.Row():
+                    max_height = gr.Slider(LIMITS.min_height, LIMITS.max_height, value=LIMITS.default_height, step=8, label="Downscale to at most (px high)", elem_id="max-height")
+                    max_seconds = gr.Slider(0.1, LIMITS.max_seconds, value=LIMITS.default_seconds, step=0.1, label="Code the first (seconds)", elem_id="max-seconds")
+                compare = gr.Checkbox(value=True, label="Compare with x265 at the same size (low delay, preset medium)")
+                encode_button = gr.Button("Encode", variant="primary", elem_id="encode")
+            with gr.Column(scale=2):
+                status = gr.Markdown("Upload a clip or pick an example, then press **Encode**.", elem_id="status")
+                with gr.Row():
+                    decoded_video = gr.Video(label="GLVC decoded", height=300, interactive=False, elem_id="decoded")
+                    bitstream_file = gr.File(label=".glvc bitstream", interactive=False, height=100, elem_id="bitstream")
+                side_by_side = gr.Video(label="Side by side: original | GLVC | x265 at the same size", height=300, interactive=False, elem_id="side-by-side")
+                scores = gr.Dataframe(
+                    headers=["measure", "GLVC", "x265 (same size)"], label="Rate and quality", interactive=False, wrap=True, elem_id="scores", column_widths=["46%", "27%", "27%"],
+                )
+                stages = gr.Dataframe(headers=["stage", "seconds"], label="Time per stage", interactive=False, elem_id="stages")
+                with gr.Accordion("Details (JSON)", open=False):
+                    details = gr.JSON()
+
+    with gr.Tab("Decode a .glvc file"):
+        gr.Markdown("Check a shared bitstream: it must come from the model selected above (the file names its model).")
+        with gr.Row():
+            with gr.Column(scale=1):
+                glvc_in = without_tempfile_leak(gr.File(label=".glvc file", file_types=[".glvc"], type="filepath", elem_id="glvc-in"))
+                decode_button = gr.Button("Decode", variant="primary", elem_id="decode")
+            with gr.Column(scale=2):
+                decode_status = gr.Markdown("Upload a .glvc file, then press **Decode**.", elem_id="decode-status")
+                decoded_only = gr.Video(label="Decoded", height=300, interactive=False, elem_id="decoded-only")
+                with gr.Accordion("Details (JSON)", open=False):
+                    decode_details = gr.JSON()
+
+    encode_button.click(
+        encode_video,
+        inputs=[video_in, model, rate_mode, quality, kbps, kilobytes, max_height, max_seconds, compare],
+        outputs=[status, decoded_video, side_by_side, scores, stages, bitstream_file, details],
+        api_name="encode",
+        concurrency_id="codec",
+    )
+    decode_button.click(
+        decode_bitstream, inputs=[glvc_in, model], outputs=[decode_status, decoded_only, decode_details],
+        api_name="decode", concurrency_id="codec",
+    )
+    rate_mode.change(show_rate_inputs, inputs=rate_mode, outputs=[quality, kbps, kilobytes], api_name="rate_mode", queue=False, show_progress="hidden")
+    quality.change(quality_hint, inputs=[model, quality], outputs=hint, api_name="quality_hint", queue=False, show_progress="hidden")
+    model.change(model_info, inputs=[model, quality], outputs=[model_note, hint], api_name="model_info", concurrency_id="models")
+
+demo.queue(default_concurrency_limit=1, max_size=16)
+
+if __name__ == "__main__":
+    demo.launch(max_file_size=f"{LIMITS.max_upload_bytes // service.MB}mb")
