@@ -57,8 +57,8 @@ A causal video VAE turns the clip into latents (one latent frame per 4 video fra
 latent codec with a temporal memory entropy-codes them into a `.glvc` bitstream. Upload a clip
 (or pick an example), choose a rate, and compare the result with x265 at the same number of bytes.
 
-**Limits.** {LIMITS.describe(DEVICE)} On 2 CPU cores the default (240p, 2 s, with the x265
-comparison) takes about 1.5 minutes, two thirds of it in the tokenizer; a GPU is much faster.
+**Limits.** {LIMITS.describe(DEVICE)} On 2 shared CPU cores the default (240p, 2 s, with the
+x265 comparison) took 43-108 s, depending on the machine's load, most of it in the tokenizer.
 """
 
 EncodeOutputs = tuple[str, str, str, list[list[str]], list[list[str]], str, dict[str, Any]]

@@ -4,7 +4,9 @@ Both commands stream: encode reads frames with :class:`glvc.video_io.FrameStream
 latent frame (4 frames) at a time; decode writes each latent frame's pixels to the mp4 (or .npy)
 as soon as they are decoded. So the peak RSS should not grow with the clip's length. This script
 makes test clips (the example clips scaled to the given height, cycled to the given durations),
-runs each command in its own process and reports the process's peak RSS (``ru_maxrss``) and time.
+runs each command in its own process and reports the process's peak RSS (``ru_maxrss``, all
+memory: torch, FFmpeg, x264's look-ahead...), the peak of the numpy arrays it held (tracemalloc sees
+every numpy allocation, so a frame list that grows with the clip shows up exactly) and the time.
 
 Usage::
 
@@ -78,6 +80,43 @@ def run_measured(args: list[str], env: dict | None = None) -> dict:
             "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "stdout": out.strip(), "stderr": err.strip()[-2000:]}
 
 
+# The numpy peak leaves the model out: loading it allocates ~250 MB once (its transient peak is
+# dropped, what it keeps is subtracted); what remains is what the command held for the clip.
+CHILD = """
+import json, sys, tracemalloc
+tracemalloc.start()
+from glvc import cli, pipeline, video_io  # imported before the count starts
+loaded = cli._load_model
+state = {"peak": 0, "model": 0}
+def load_model(args):
+    before = tracemalloc.get_traced_memory()
+    state["peak"] = before[1]
+    model = loaded(args)
+    state["model"] = tracemalloc.get_traced_memory()[0] - before[0]
+    tracemalloc.reset_peak()
+    return model
+cli._load_model = load_model
+tracemalloc.reset_peak()
+base = tracemalloc.get_traced_memory()[0]
+status = cli.main(sys.argv[1:])
+peak = max(state["peak"], tracemalloc.get_traced_memory()[1] - state["model"]) - base
+print(json.dumps({"status": status, "traced_peak_mb": round(peak / 2**20, 2)}))
+sys.exit(status)
+"""
+
+
+def run_cli_measured(args: list[str], env: dict | None = None) -> dict:
+    """``python -m glvc ARGS`` in its own process, with tracemalloc on: run_measured's fields plus
+    ``traced_peak_mb``, the peak of Python/numpy allocations after the model is loaded (torch
+    tensors are not traced)."""
+    row = run_measured([sys.executable, "-c", CHILD, *args], env)
+    lines = row["stdout"].splitlines()
+    if row["returncode"] == 0 and lines:
+        row.update(json.loads(lines[-1]))
+        row["stdout"] = "\n".join(lines[:-1])
+    return row
+
+
 def measure(model: str, seconds: list[float], height: int, workdir: str, quality: int = 32, width: int | None = None,
             fps: int = 25, log=print) -> list[dict]:
     rows = []
@@ -86,19 +125,19 @@ def measure(model: str, seconds: list[float], height: int, workdir: str, quality
         frames = make_clip(clip, duration, height, fps, width)
         stream, out = os.path.join(workdir, f"clip_{duration:g}s.glvc"), os.path.join(workdir, f"clip_{duration:g}s_decoded.mp4")
         row = {"seconds": duration, "frames": frames, "height": height, "clip_bytes": os.path.getsize(clip)}
-        cli = [sys.executable, "-m", "glvc"]
-        row["encode"] = run_measured([*cli, "encode", clip, stream, "--model", model, "--rate", str(quality), "--quiet"])
+        row["encode"] = run_cli_measured(["encode", clip, stream, "--model", model, "--rate", str(quality), "--quiet"])
         if row["encode"]["returncode"] != 0:
             raise RuntimeError(f"encode failed: {row['encode']['stderr']}")
-        row["decode"] = run_measured([*cli, "decode", stream, out, "--model", model, "--quiet"])
+        row["decode"] = run_cli_measured(["decode", stream, out, "--model", model, "--quiet"])
         if row["decode"]["returncode"] != 0:
             raise RuntimeError(f"decode failed: {row['decode']['stderr']}")
         row["glvc_bytes"] = os.path.getsize(stream)
         for step in ("encode", "decode"):
             row[step]["fps"] = round(frames / row[step]["seconds"], 2)
             row[step].pop("stderr")
-        log(f"{duration:g} s ({frames} frames, {height}p): encode {row['encode']['seconds']} s, peak {row['encode']['peak_rss_mb']} MB; "
-            f"decode {row['decode']['seconds']} s, peak {row['decode']['peak_rss_mb']} MB")
+        log(f"{duration:g} s ({frames} frames, {height}p): " + "; ".join(
+            f"{step} {row[step]['seconds']} s, peak RSS {row[step]['peak_rss_mb']} MB, numpy peak {row[step]['traced_peak_mb']} MB"
+            for step in ("encode", "decode")))
         rows.append(row)
     return rows
 

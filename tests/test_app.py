@@ -104,7 +104,8 @@ class TestEncodeDecode:
         # bit-identical (the digests above).
         assert psnr_rgb(first, second).value > 35
 
-    @pytest.mark.parametrize("mode, kbps, kilobytes", [("kbps", 40.0, 25.0), ("kilobytes", 150.0, 3.0)])
+    # the bundled model codes this 86x64x9 clip in about 210 (quality 0) to 360 bytes (quality 63)
+    @pytest.mark.parametrize("mode, kbps, kilobytes", [("kbps", 2.4, 25.0), ("kilobytes", 150.0, 0.3)])
     def test_target_modes_pick_a_quality_that_fits(self, client, mode, kbps, kilobytes):
         status, *_, details = _encode(client, VTEST, mode=mode, kbps=kbps, kilobytes=kilobytes, compare=False)
         target = details["rate"]["target_bytes"]
