@@ -58,7 +58,8 @@ latent codec with a temporal memory entropy-codes them into a `.glvc` bitstream.
 (or pick an example), choose a rate, and compare the result with x265 at the same number of bytes.
 
 **Limits.** {LIMITS.describe(DEVICE)} On 2 shared CPU cores the default (240p, 2 s, with the
-x265 comparison) took 43-108 s, depending on the machine's load, most of it in the tokenizer.
+x265 comparison) took 45 s to 2.5 minutes, depending on the machine's load; most of it is the
+tokenizer, then the metrics.
 """
 
 EncodeOutputs = tuple[str, str, str, list[list[str]], list[list[str]], str, dict[str, Any]]

@@ -328,6 +328,14 @@ _STAGE_LABELS = {
 }
 
 
+def _frames_per_cpu_second(frames: int, cpu_seconds: float, digits: int) -> str:
+    """``frames / cpu_seconds`` formatted, or a note when the CPU time is below the clock's resolution
+    (``os.times`` counts in ticks of 10 ms, so a tiny clip's x265 run can measure 0 s)."""
+    if cpu_seconds <= 0:
+        return "below the CPU clock's resolution"
+    return f"{frames / cpu_seconds:.{digits}f}"
+
+
 def bench_markdown(r: dict) -> str:
     c, g, x, ratio = r["clip"], r["glvc"], r["x265"], r["ratios_glvc_over_x265"]
     t = c["frames"]
@@ -344,8 +352,8 @@ def bench_markdown(r: dict) -> str:
         f"| encode | {g['encode_fps']:.3f} fps ({g['encode_seconds']:.2f} s) | {x['encode_fps']:.1f} fps ({x['encode_seconds']:.2f} s) | {ratio['encode_fps']:.4f} (x265 {ratio['encode_slowdown']:.0f}x faster) |",
         f"| decode | {g['decode_fps']:.3f} fps ({g['decode_seconds']:.2f} s) | {x['decode_fps']:.1f} fps ({x['decode_seconds']:.2f} s) | {ratio['decode_fps']:.4f} (x265 {ratio['decode_slowdown']:.0f}x faster) |",
         f"| CPU time (all threads) | encode {g['encode_cpu_seconds']:.1f} s, decode {g['decode_cpu_seconds']:.1f} s "
-        f"({t / g['encode_cpu_seconds']:.2f} / {t / g['decode_cpu_seconds']:.2f} frames per CPU-s) | "
-        f"encode + decode {x['encode_decode_cpu_seconds']:.2f} s ({t / x['encode_decode_cpu_seconds']:.0f} frames per CPU-s) | |",
+        f"({_frames_per_cpu_second(t, g['encode_cpu_seconds'], 2)} / {_frames_per_cpu_second(t, g['decode_cpu_seconds'], 2)} frames per CPU-s) | "
+        f"encode + decode {x['encode_decode_cpu_seconds']:.2f} s ({_frames_per_cpu_second(t, x['encode_decode_cpu_seconds'], 0)} frames per CPU-s) | |",
         f"| peak RSS encode (increase) | {g['encode_memory']['peak_rss_mib']:.0f} MiB (+{g['encode_memory']['peak_increase_mib']:.0f}) | "
         f"{x['memory']['peak_rss_mib']:.0f} MiB (+{x['memory']['peak_increase_mib']:.0f}, enc+dec) | |",
         f"| peak RSS decode (increase) | {g['decode_memory']['peak_rss_mib']:.0f} MiB (+{g['decode_memory']['peak_increase_mib']:.0f}) | | |",

@@ -156,12 +156,17 @@ class GLVC:
                         config = json.load(f)
             else:
                 from huggingface_hub import hf_hub_download
-                from huggingface_hub.errors import EntryNotFoundError
+                from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
                 try:
                     with open(hf_hub_download(name_or_path, GLVC_CONFIG_NAME, **hub_kwargs)) as f:
                         config = json.load(f)
-                except EntryNotFoundError:
+                except LocalEntryNotFoundError as err:
+                    # Hub unreachable and nothing cached (a subclass of EntryNotFoundError: without this
+                    # clause an offline load would go on as if the repository had no glvc.json)
+                    raise OSError(f"the Hugging Face Hub cannot be reached and {GLVC_CONFIG_NAME} of this model "
+                                  "is not in the local cache") from err
+                except EntryNotFoundError:  # the repository has no glvc.json: the defaults
                     config = {}
             source = config.get("tokenizer") or {"name_or_path": name_or_path, "subfolder": "tokenizer"}
             tokenizer = Tokenizer.from_pretrained(

@@ -23,6 +23,7 @@ from __future__ import annotations
 # spaces must come before torch: on a ZeroGPU Space it patches CUDA initialisation.
 import spaces  # isort: skip
 
+import atexit
 import contextlib
 import hashlib
 import json
@@ -312,13 +313,28 @@ class Rate:
         raise UserError(f"unknown rate mode {self.mode!r}; choose one of {RATE_MODES}")
 
 
+WORKSPACE_ROOT: str | None = None
+"""Where request folders are made (None: the system's temporary folder). Served files must lie
+where gradio may serve them from (the system temporary folder or below it)."""
+_ACTIVE_WORKSPACES: set[str] = set()
+
+
 @contextlib.contextmanager
 def workspace() -> Iterator[str]:
-    """A fresh folder for one request's files, removed with everything in it on exit."""
-    folder = tempfile.mkdtemp(prefix="glvc-app-")
+    """A fresh folder for one request's files, removed with everything in it on exit (and, for
+    requests still running when the server stops, when the interpreter exits)."""
+    folder = tempfile.mkdtemp(prefix="glvc-app-", dir=WORKSPACE_ROOT)
+    _ACTIVE_WORKSPACES.add(folder)
     try:
         yield folder
     finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        _ACTIVE_WORKSPACES.discard(folder)
+
+
+@atexit.register
+def _remove_active_workspaces() -> None:
+    for folder in list(_ACTIVE_WORKSPACES):
         shutil.rmtree(folder, ignore_errors=True)
 
 

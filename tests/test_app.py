@@ -35,9 +35,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def client():
+def client(tmp_path_factory):
     import app
 
+    # request folders in a folder of this test's own, where nothing else on the machine writes
+    tmp = pytest.MonkeyPatch()
+    tmp.setattr(service, "WORKSPACE_ROOT", str(tmp_path_factory.mktemp("requests")))
     port = _free_port()
     app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                     max_file_size=f"{service.limits().max_upload_bytes // service.MB}mb")
@@ -45,6 +48,7 @@ def client():
         yield Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=tempfile.mkdtemp(prefix="glvc-client-"))
     finally:
         app.demo.close()
+        tmp.undo()
 
 
 def _encode(client, path, mode="quality", quality=32, kbps=150.0, kilobytes=25.0, compare=True, **limits):
@@ -61,20 +65,19 @@ def _frames(video_output) -> np.ndarray:
 
 
 def _request_dirs() -> set[str]:
-    return set(glob.glob(os.path.join(tempfile.gettempdir(), "glvc-app-*")))
+    return set(glob.glob(os.path.join(service.WORKSPACE_ROOT or tempfile.gettempdir(), "glvc-app-*")))
 
 
 @pytest.fixture(scope="module")
 def encoded(client):
-    before = _request_dirs()
     out = _encode(client, VTEST)
-    return out, _request_dirs() - before
+    return out, _request_dirs()
 
 
 @pytest.mark.slow
 class TestEncodeDecode:
     def test_encode_outputs(self, encoded):
-        (status, _, sbs, table, stages, glvc_path, details), new_dirs = encoded
+        (status, _, sbs, table, stages, glvc_path, details), left = encoded
         assert status.startswith("GLVC: 9 frames 86x64") and "\n" not in status
         assert details["input"]["frames"] == 9 and details["input"]["coded_size"] == [86, 64]
         assert details["glvc"]["quality"] == 32
@@ -90,7 +93,7 @@ class TestEncodeDecode:
         assert int(rows["bytes"][1].replace(",", "")) <= details["glvc"]["bytes"] or "larger than GLVC" in status
         assert [r[0] for r in stages["data"]][-1] == "total"
         assert _frames(sbs).shape[0] == 9
-        assert not new_dirs, f"request folders left behind: {new_dirs}"
+        assert not left, f"request folders left behind: {left}"
 
     def test_bitstream_decodes_to_the_same_video(self, client, encoded):
         (_, decoded, _, _, _, glvc_path, details), _ = encoded
@@ -99,9 +102,10 @@ class TestEncodeDecode:
         assert decode_details["decoded_sha256"] == details["decoded_sha256"]  # bit-identical frames
         first, second = _frames(decoded), _frames(decoded_again)
         assert first.shape == second.shape == (9, 64, 86, 3)
-        # The mp4s are re-encodings for the browser: swscale's RGB -> YUV step rounds differently
-        # with the buffer's memory alignment, so they may differ slightly although the frames are
-        # bit-identical (the digests above).
+        # The mp4s are lossy H.264 copies for the browser, and write_video does not give the same
+        # bytes for the same frames every time (seen: 3 different files from one array in one
+        # process, pixels up to 13 levels apart), so they are compared loosely; the frames
+        # themselves are bit-identical (the digests above).
         assert psnr_rgb(first, second).value > 35
 
     # the bundled model codes this 86x64x9 clip in about 210 (quality 0) to 360 bytes (quality 63)

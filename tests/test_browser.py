@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 
@@ -22,6 +23,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BROWSER_DIR = os.path.join(ROOT, "tests", "browser")
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+SCRIPT_TIMEOUT_S = 420  # the script's own waits (TIMEOUT_S below plus page loads) end well before this
 
 
 def _missing() -> str | None:
@@ -61,13 +63,21 @@ def test_upload_encode_download_in_chromium(tmp_path):
             "CHROMIUM": CHROMIUM,
             "TIMEOUT_S": "240",
         }
-        run = subprocess.run(["node", "app.spec.mjs"], cwd=BROWSER_DIR, env=env, capture_output=True, text=True, timeout=420, check=False)
+        # its own process group, so that a timeout ends chromium too, not only node
+        proc = subprocess.Popen(["node", "app.spec.mjs"], cwd=BROWSER_DIR, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            stdout, stderr = proc.communicate(timeout=SCRIPT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+            pytest.fail(f"the browser script ran over {SCRIPT_TIMEOUT_S} s: {stdout[-2000:]} {stderr[-2000:]}")
     finally:
         app.demo.close()
-    lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
-    assert lines, f"no result from the browser script (rc {run.returncode}): {run.stdout[-2000:]} {run.stderr[-2000:]}"
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    assert lines, f"no result from the browser script (rc {proc.returncode}): {stdout[-2000:]} {stderr[-2000:]}"
     seen = json.loads(lines[-1])
-    assert run.returncode == 0 and seen["ok"], f"{seen.get('error')}\n{run.stderr[-2000:]}"
+    assert proc.returncode == 0 and seen["ok"], f"{seen.get('error')}\n{stderr[-2000:]}"
     assert seen["status"].startswith("GLVC: 9 frames")
     assert seen["download"]["name"].endswith(".glvc")
     assert seen["decode_status"].startswith("Decoded 9 frames")  # the second tab, from the download

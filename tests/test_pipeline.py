@@ -128,6 +128,25 @@ class TestPersistence:
         with pytest.raises(ModelLoadError, match="could not load"):
             GLVC.from_pretrained(str(tmp_path / "nothing"))
 
+    def test_offline_hub_load_fails_at_once_on_glvc_json(self, monkeypatch, tmp_path):
+        """Hub unreachable, nothing cached: the error is about the model's glvc.json, raised without
+        network retries (huggingface_hub's LocalEntryNotFoundError is an EntryNotFoundError, which
+        must not be taken for "this repository has no glvc.json")."""
+        import time
+
+        from huggingface_hub import constants
+
+        from glvc.pipeline import ModelLoadError
+
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+        started = time.monotonic()
+        with pytest.raises(ModelLoadError, match=r"could not load a GLVC model from 'glvc/absent-model'") as info:
+            GLVC.from_pretrained("glvc/absent-model")
+        assert time.monotonic() - started < 10
+        assert "Hub cannot be reached and glvc.json of this model is not in the local cache" in str(info.value)
+
 
 @pytest.mark.slow
 class TestAcrossProcesses:

@@ -24,6 +24,14 @@ if (!url || !clip) {
 }
 const outDir = process.env.OUT_DIR || fs.mkdtempSync(path.join(os.tmpdir(), "glvc-browser-"));
 const timeout = 1000 * Number(process.env.TIMEOUT_S || 600);
+let browser = null;
+// a last resort: never leave chromium running
+const watchdog = setTimeout(async () => {
+  console.log(JSON.stringify({ ok: false, error: `watchdog: still running after ${timeout / 1000 + 120} s` }));
+  await browser?.close().catch(() => {});
+  process.exit(1);
+}, timeout + 120_000);
+watchdog.unref();
 
 function check(condition, message) {
   if (!condition) throw new Error(`check failed: ${message}`);
@@ -31,7 +39,7 @@ function check(condition, message) {
 
 // NOTES.md: flags for Debian's chromium in a container; playwright adds --headless and a fresh
 // --user-data-dir of its own.
-const browser = await chromium.launch({
+browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   headless: true,
   args: [
