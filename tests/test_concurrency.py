@@ -8,12 +8,14 @@ leaves behind can be seen. Checked:
   sha256, computed by the server, and the .glvc bytes);
 - no request folder is left once the requests are answered, nothing else appears in TMPDIR, and
   gradio's cache is emptied when the server stops;
-- the server's RSS after the concurrent requests is near its level after the single-client ones
-  (and does not grow from one concurrent batch to the next).
+- the server's RSS after a first concurrent batch is near its level after the single-client ones,
+  and does not grow over the batches after it (with MALLOC_ARENA_MAX=2, see below).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import glob
 import os
 import signal
@@ -23,6 +25,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
 
@@ -33,9 +36,22 @@ from gradio_client import Client, handle_file  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = [os.path.join(ROOT, "examples", name) for name in ("vtest_3s.mp4", "bikes_2s.mp4", "bigbuckbunny_3s.mp4")]
 CLIENTS = 4
-BATCHES = 3  # each: CLIENTS clients at once, each an encode and a decode
-RSS_MARGIN_MB = 150  # growth allowed over the first concurrent batch (measured ~70-100 MB: docs/robustness.md)
-RSS_LEAK_MB = 60  # growth allowed from the first batch to the last (measured within +-40 MB over 6 batches)
+# Each batch: CLIENTS clients at once, each an encode and a decode. The server runs with
+# MALLOC_ARENA_MAX=2: with glibc's default (up to 8 arenas per core, one per thread that
+# allocates) its RSS climbed by 100-170 MB over the first concurrent batches and then wandered by
+# +-30 MB (arenas filling), which would hide a leak. With 2 arenas it still creeps, by about
+# 1 MB per batch (1066 -> 1078 MB over 10 batches on an idle machine, up to +39 MB over 3 batches
+# with other jobs running; not traced to a cause), so the checks catch leaks of a few MB per
+# request and more: 24 requests after the warm-up may add RSS_LEAK_MB.
+WARM_UP_BATCHES = 1
+BATCHES = 4
+RSS_MARGIN_MB = 100  # growth allowed from the single-client level to the end of the warm-up (measured 31-54 MB)
+RSS_LEAK_MB = 60  # growth allowed after the warm-up
+# gradio_client 2.7.2 now and then ends the wait for a fast job with CancelledError (raised in
+# utils.stream_sse_v1plus when its SSE reader has stopped; seen in 5 of about 15 runs when the
+# machine was idle, never under load). The request is then sent again, at most this many times;
+# the results must still be right.
+CANCELLED_RETRIES = 2
 START_TIMEOUT = 240
 
 
@@ -56,7 +72,7 @@ def server(tiny_model_dir, tmp_path_factory):
     port = _free_port()
     env = {**os.environ, "GLVC_MODEL": tiny_model_dir, "TMPDIR": tmp, "GRADIO_TEMP_DIR": cache,
            "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False",
-           "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+           "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "MALLOC_ARENA_MAX": "2"}
     log_path = str(tmp_path_factory.mktemp("server_log") / "server.log")
     log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -85,10 +101,20 @@ def server(tiny_model_dir, tmp_path_factory):
         log.close()
 
 
-def _client(server, tmp_path) -> Client:
+@contextlib.contextmanager
+def _client(server, tmp_path) -> Iterator[Client]:
+    """A client for one request, closed afterwards. One per request, because gradio_client 2.7's
+    Client is not reliable for a second request: its SSE reader can hand the second job a
+    cancellation meant for the first (seen here: CancelledError in stream_sse_v1plus in 2 of 7
+    runs). Closing it ends its heartbeat connection; without that the server once did not stop
+    within 60 s of SIGINT."""
     folder = tmp_path / f"client-{threading.get_ident()}-{time.monotonic_ns()}"
     folder.mkdir()
-    return Client(server["url"], verbose=False, download_files=str(folder))
+    client = Client(server["url"], verbose=False, download_files=str(folder))
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="module")
@@ -105,13 +131,27 @@ def clips(tmp_path_factory) -> list[str]:
     return out
 
 
-def _encode(client, clip):
+RETRIED: list[str] = []  # requests sent again after a CancelledError (printed at the end)
+
+
+def _predict(server, tmp_path, *args, api_name: str):
+    for attempt in range(CANCELLED_RETRIES + 1):
+        with _client(server, tmp_path) as client:
+            try:
+                return client.predict(*args, api_name=api_name)
+            except concurrent.futures.CancelledError:
+                if attempt == CANCELLED_RETRIES:
+                    raise
+                RETRIED.append(api_name)
+
+
+def _encode(server, tmp_path, clip):
     # 64 px high, 0.9 s (9 frames at 10 fps, up to 12 at 25/30 fps); with x265 at the same size
-    return client.predict(handle_file(clip), "default", "quality", 30, 150.0, 25.0, 64, 0.9, True, api_name="/encode")
+    return _predict(server, tmp_path, handle_file(clip), "default", "quality", 30, 150.0, 25.0, 64, 0.9, True, api_name="/encode")
 
 
-def _decode(client, glvc_path):
-    return client.predict(handle_file(glvc_path), "default", api_name="/decode")
+def _decode(server, tmp_path, glvc_path):
+    return _predict(server, tmp_path, handle_file(glvc_path), "default", api_name="/decode")
 
 
 def _rss_mb(pid: int) -> float:
@@ -122,10 +162,9 @@ def _rss_mb(pid: int) -> float:
 def test_four_clients_get_single_client_results(server, clips, tmp_path):
     pid = server["proc"].pid
     # single client: the reference outputs (this also warms the server up: model, metric networks)
-    single = _client(server, tmp_path)
     reference = {}
     for clip in clips:
-        status, *_, glvc_path, details = _encode(single, clip)
+        status, *_, glvc_path, details = _encode(server, tmp_path, clip)
         reference[clip] = (details["decoded_sha256"], open(glvc_path, "rb").read())
     time.sleep(1)
     rss_before = _rss_mb(pid)
@@ -136,11 +175,10 @@ def test_four_clients_get_single_client_results(server, clips, tmp_path):
 
         def work(index: int) -> None:
             try:
-                client = _client(server, tmp_path)
                 clip = clips[(index + number) % len(clips)]
-                status, *_, glvc_path, details = _encode(client, clip)
+                status, *_, glvc_path, details = _encode(server, tmp_path, clip)
                 data = open(glvc_path, "rb").read()
-                d_status, _, d_details = _decode(client, glvc_path)
+                d_status, _, d_details = _decode(server, tmp_path, glvc_path)
                 results.append((clip, details["decoded_sha256"], data, d_details["decoded_sha256"], status, d_status))
             except Exception as err:  # noqa: BLE001 - reported below
                 errors.append(f"client {index}: {err!r}")
@@ -167,14 +205,17 @@ def test_four_clients_get_single_client_results(server, clips, tmp_path):
         rss.append(_rss_mb(pid))
         print(f"\nbatch {number}: {CLIENTS} clients x (encode + decode) in {elapsed:.1f} s; server RSS {rss[-1]:.0f} MB")
 
+    print(f"\nrequests sent again after gradio_client's CancelledError: {len(RETRIED)} {RETRIED}")
+
     # files: no request folder left, nothing new in TMPDIR outside gradio's cache
     assert not glob.glob(os.path.join(server["tmp"], "glvc-app-*")), os.listdir(server["tmp"])
     assert _files(server["tmp"]) - _files(server["cache"]) == tmp_before
 
-    # memory: near the single-client level after the first concurrent batch (the allocator keeps
-    # what the concurrent requests used), and no growth from one batch to the next (no leak)
-    assert rss[1] - rss[0] < RSS_MARGIN_MB, rss
-    assert rss[-1] - rss[1] < RSS_LEAK_MB, rss
+    # memory: near the single-client level after the warm-up batches (the allocator keeps what
+    # the concurrent requests used), and no growth in the batches after it (no leak)
+    warm = rss[WARM_UP_BATCHES]
+    assert warm - rss[0] < RSS_MARGIN_MB, rss
+    assert max(rss[WARM_UP_BATCHES + 1 :]) - warm < RSS_LEAK_MB, rss
 
     # gradio's cache holds the uploads and outputs (each in a folder named by its hash) until the
     # server stops; then only the example clips it had at start
@@ -184,3 +225,4 @@ def test_four_clients_get_single_client_results(server, clips, tmp_path):
     server["proc"].wait(60)
     assert _files(server["cache"]) == server["cache_at_start"], sorted(_files(server["cache"]) - server["cache_at_start"])
     assert not glob.glob(os.path.join(server["tmp"], "glvc-app-*"))
+
