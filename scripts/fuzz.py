@@ -21,7 +21,7 @@ than the header's geometry allows (the process's peak RSS). Anything else is a f
 
 Usage (the long run; prints the counts of outcomes and the time)::
 
-    python scripts/fuzz.py --examples 10000          # about 30 minutes on 2 CPU cores
+    python scripts/fuzz.py --examples 10000          # 10,000 distinct streams: ~20-40 minutes on 2 CPU cores
     python scripts/fuzz.py --write-corpus            # rebuild tests/fuzz_corpus (after a model change)
 
 The fast version runs in ``tests/test_fuzz.py`` (same strategies, a few hundred examples,
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
 import contextlib
 import io
 import json
@@ -359,6 +360,8 @@ class Harness:
     rss_base_kb: int = 0
     examples: int = 0
     distinct: set = field(default_factory=set)
+    skip_repeats: bool = False  # a stream already tried is not run (nor counted) again
+    repeats: int = 0
 
     def warm_up(self, corpus: dict[str, bytes]) -> None:
         for data in corpus.values():
@@ -368,9 +371,13 @@ class Harness:
                 pass
         self.rss_base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
-    def run(self, name: str, how: str, data: bytes) -> Outcome:
+    def run(self, name: str, how: str, data: bytes) -> Outcome | None:
+        key = hashlib.blake2b(data, digest_size=16).digest()
+        if self.skip_repeats and key in self.distinct:
+            self.repeats += 1
+            return None
         self.examples += 1
-        self.distinct.add(zlib.crc32(data) ^ (len(data) << 32))
+        self.distinct.add(key)
         wall, cpu = time.perf_counter(), time.process_time()
         outcome = self._run(data)
         outcome.seconds, outcome.cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
@@ -453,6 +460,7 @@ class Harness:
         return {
             "examples": self.examples,
             "distinct_streams": len(self.distinct),
+            "repeats_skipped": self.repeats,
             "outcomes": dict(self.counts.most_common()),
             "reached_payload_decoding": reached_rans,
             "by_mutation": {k: dict(v.most_common()) for k, v in sorted(self.by_mutation.items())},
@@ -466,24 +474,41 @@ class Harness:
 
 def fuzz(harness: Harness, corpus: dict[str, bytes], examples: int, derandomize: bool = False, seed: int | None = None,
          progress_every: int = 0) -> None:
-    """Run ``examples`` hypothesis examples through the harness (raises on the first broken rule)."""
-    started = time.perf_counter()
+    """Run ``examples`` hypothesis examples through the harness (raises on the first broken rule).
 
-    @settings(max_examples=examples, derandomize=derandomize, database=None, deadline=None, print_blob=True,
-              phases=[Phase.generate, Phase.shrink] if not derandomize else [Phase.generate],
-              suppress_health_check=list(HealthCheck))
-    @given(example=mutated_stream(corpus))
+    With ``harness.skip_repeats`` hypothesis's repeats (it draws the same stream again quite often:
+    about 2 in 3 of 10,000 draws here) are skipped, and further rounds with other seeds run until
+    ``examples`` distinct streams are tried."""
+    started = time.perf_counter()
+    if harness.skip_repeats and derandomize:
+        raise ValueError("skip_repeats needs random rounds (derandomize=False)")
+
     def check(example):
-        harness.run(*example)
+        if harness.examples >= examples or harness.run(*example) is None:
+            return
         if progress_every and harness.examples % progress_every == 0:
             elapsed = time.perf_counter() - started
             print(f"{harness.examples} examples, {elapsed:.0f} s: {dict(harness.counts.most_common())}", file=sys.stderr, flush=True)
 
-    if seed is not None:
-        from hypothesis import seed as hypothesis_seed
+    def one_round(count: int, round_seed: int | None) -> None:
+        test = given(example=mutated_stream(corpus))(check)
+        test = settings(max_examples=count, derandomize=derandomize, database=None, deadline=None, print_blob=True,
+                        phases=[Phase.generate, Phase.shrink] if not derandomize else [Phase.generate],
+                        suppress_health_check=list(HealthCheck))(test)
+        if round_seed is not None:
+            from hypothesis import seed as hypothesis_seed
 
-        check = hypothesis_seed(seed)(check)
-    check()
+            test = hypothesis_seed(round_seed)(test)
+        test()
+
+    rounds = 0
+    while harness.examples < examples:
+        # a round of few draws would start with hypothesis's simplest example again and again
+        count = examples - harness.examples if not harness.skip_repeats else max(2 * (examples - harness.examples), 200)
+        one_round(count, None if seed is None else seed + rounds)
+        rounds += 1
+        if not harness.skip_repeats:
+            break
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -491,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=None, help="hypothesis seed (default: random)")
     parser.add_argument("--no-decode", action="store_true", help="parser and info only")
+    parser.add_argument("--with-repeats", action="store_true",
+                        help="count hypothesis's repeated draws as examples (default: skip them, so that EXAMPLES distinct streams are tried)")
     parser.add_argument("--json", default=None, help="also write the summary here")
     parser.add_argument("--write-corpus", action="store_true", help="rebuild tests/fuzz_corpus from the tiny model")
     args = parser.parse_args(argv)
@@ -509,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="glvc-fuzz-") as workdir:
-        harness = Harness(model, workdir, decode=not args.no_decode)
+        harness = Harness(model, workdir, decode=not args.no_decode, skip_repeats=not args.with_repeats)
         harness.warm_up(corpus)
         fuzz(harness, corpus, args.examples, seed=args.seed, progress_every=500)
     summary = harness.summary()

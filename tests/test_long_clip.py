@@ -9,13 +9,13 @@ after loading the model (tracemalloc: exact; the code before streaming, which ke
 grew by 9 MB from 17 to 65 frames of 342x192 here, see docs/robustness.md).
 
 Determinism: three example clips cut short; the encoder's reconstruction, a decode in another
-process (bit-identical), and decodes with other thread counts (same latents, pixels within 1).
+process (bit-identical), and decodes with other thread counts (same latents, pixels within 1);
+the checks are scripts/determinism.py, which also runs them on the bundled model.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -87,51 +87,9 @@ class TestStreaming:
 
 # ------------------------------------------------------------------------------------------ determinism
 
-CLIPS = [("vtest_3s.mp4", 13, 30, 0), ("bikes_2s.mp4", 17, 50, 2), ("bigbuckbunny_3s.mp4", 9, 10, 1)]  # name, frames, quality, refresh
-
-DECODER = """
-import sys, numpy as np, torch
-from glvc.pipeline import GLVC
-model = GLVC.from_pretrained(sys.argv[1])
-out = {"threads": torch.get_num_threads()}
-for i, path in enumerate(sys.argv[2:]):
-    data = open(path, "rb").read()
-    out[f"pixels{i}"] = model.decode(data).frames
-    for n in (1, 3):
-        torch.set_num_threads(n)
-        out[f"latents{i}_t{n}"] = model.decode_latents(data).numpy()
-        out[f"pixels{i}_t{n}"] = model.decode(data).frames
-    torch.set_num_threads(out["threads"])
-np.savez(sys.stdout.buffer, **out)
-"""
-
-
 @pytest.mark.slow
 def test_decoding_in_another_process_and_thread_count(tiny_model, tiny_model_dir, tmp_path):
-    import io
+    from scripts.determinism import check
 
-    import torch
-
-    from glvc.video_io import read_video
-
-    streams, results = [], []
-    for name, frames, quality, refresh in CLIPS:
-        video = read_video(os.path.join(ROOT, "examples", name), max_frames=frames, max_height=64)
-        result = tiny_model.encode(video.frames, video.fps, quality=quality, refresh_period=refresh)
-        path = tmp_path / f"{name}.glvc"
-        path.write_bytes(result.bitstream)
-        streams.append(str(path))
-        results.append(result)
-    done = subprocess.run([sys.executable, "-c", DECODER, tiny_model_dir, *streams], cwd=ROOT, capture_output=True, timeout=600)
-    assert done.returncode == 0, done.stderr.decode()[-2000:]
-    out = np.load(io.BytesIO(done.stdout))
-    assert int(out["threads"]) == torch.get_num_threads() and int(out["threads"]) not in (1, 3) or os.cpu_count() == 1
-    for i, result in enumerate(results):
-        # another process, the same (default) thread count: bit-identical to the encoder's reconstruction
-        assert np.array_equal(out[f"pixels{i}"], result.reconstruction), CLIPS[i]
-        latents = tiny_model.decode_latents(result.bitstream).numpy()
-        for n in (1, 3):
-            # another thread count: the same symbols and latents; pixels within 1 level (the tokenizer's sums)
-            assert np.array_equal(out[f"latents{i}_t{n}"], latents), (CLIPS[i], n)
-            diff = np.abs(out[f"pixels{i}_t{n}"].astype(int) - result.reconstruction.astype(int)).max()
-            assert diff <= 1, (CLIPS[i], n, diff)
+    rows = check(tiny_model, tiny_model_dir, str(tmp_path))
+    assert len(rows) == 3 and all(r["other_process_identical"] for r in rows)
