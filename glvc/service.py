@@ -313,6 +313,14 @@ class Rate:
         raise UserError(f"unknown rate mode {self.mode!r}; choose one of {RATE_MODES}")
 
 
+X265_SERVER_PARAMS = "pools=none:frame-threads=1"
+"""x265 without its thread pool in the app. In the server, x265's default threading hung once in
+``Lookahead::getDecidedPicture`` (flushing the encoder, a worker thread of the running app under
+tests/test_concurrency.py; seen with py-spy), which holds the codec queue for every user. Without a
+pool x265 decides frame types in the calling thread and cannot wait for itself; on 2 cores the
+bitrate search for a 240p 2 s clip took the same time (4.3 s vs 4.4 s), and the stream no longer
+depends on the machine's core count."""
+
 WORKSPACE_ROOT: str | None = None
 """Where request folders are made (None: the system's temporary folder). Served files must lie
 where gradio may serve them from (the system temporary folder or below it)."""
@@ -552,7 +560,7 @@ def encode_clip(
     if compare_x265:
         progress(0.7, desc="x265 at the same size")
         start = time.perf_counter()
-        x265, x265_crf = match_bitrate(frames, fps, "x265", target_bytes=report.bytes)
+        x265, x265_crf = match_bitrate(frames, fps, "x265", target_bytes=report.bytes, extra_params=X265_SERVER_PARAMS)
         stages["x265 rate search (encode + decode)"] = time.perf_counter() - start
         progress(0.85, desc="scoring x265")
         start = time.perf_counter()

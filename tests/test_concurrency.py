@@ -75,7 +75,11 @@ def server(tiny_model_dir, tmp_path_factory):
            "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "MALLOC_ARENA_MAX": "2"}
     log_path = str(tmp_path_factory.mktemp("server_log") / "server.log")
     log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # SIGINT restored to its default in the child: a shell that runs these tests in the background
+    # (without job control) starts them with SIGINT ignored, the server would inherit that, and
+    # SIGINT is how it is stopped below (gradio's graceful shutdown, which empties its cache)
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + START_TIMEOUT
     while True:
@@ -106,8 +110,7 @@ def _client(server, tmp_path) -> Iterator[Client]:
     """A client for one request, closed afterwards. One per request, because gradio_client 2.7's
     Client is not reliable for a second request: its SSE reader can hand the second job a
     cancellation meant for the first (seen here: CancelledError in stream_sse_v1plus in 2 of 7
-    runs). Closing it ends its heartbeat connection; without that the server once did not stop
-    within 60 s of SIGINT."""
+    runs). Closing it ends its heartbeat thread and connection."""
     folder = tmp_path / f"client-{threading.get_ident()}-{time.monotonic_ns()}"
     folder.mkdir()
     client = Client(server["url"], verbose=False, download_files=str(folder))
@@ -189,7 +192,7 @@ def test_four_clients_get_single_client_results(server, clips, tmp_path):
             t.start()
         for t in threads:
             t.join(timeout=600)
-        assert not errors, errors
+        assert not errors, (errors, f"server exit status: {server['proc'].poll()}", open(server["log"]).read()[-1500:])
         assert len(results) == CLIENTS
         return results, time.monotonic() - started
 
