@@ -317,9 +317,9 @@ X265_SERVER_PARAMS = "pools=none:frame-threads=1"
 """x265 without its thread pool in the app. In the server, x265's default threading hung once in
 ``Lookahead::getDecidedPicture`` (flushing the encoder, a worker thread of the running app under
 tests/test_concurrency.py; seen with py-spy), which holds the codec queue for every user. Without a
-pool x265 decides frame types in the calling thread and cannot wait for itself; on 2 cores the
-bitrate search for a 240p 2 s clip took the same time (4.3 s vs 4.4 s), and the stream no longer
-depends on the machine's core count."""
+pool x265 runs its lookahead in the calling thread, with no other thread to wait for (no hang in
+the 4 runs since). On 2 cores the bitrate search for a 240p 2 s clip took the same time (4.3 s vs
+4.4 s), and the stream no longer depends on the machine's core count."""
 
 WORKSPACE_ROOT: str | None = None
 """Where request folders are made (None: the system's temporary folder). Served files must lie
