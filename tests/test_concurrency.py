@@ -107,10 +107,8 @@ def server(tiny_model_dir, tmp_path_factory):
 
 @contextlib.contextmanager
 def _client(server, tmp_path) -> Iterator[Client]:
-    """A client for one request, closed afterwards. One per request, because gradio_client 2.7's
-    Client is not reliable for a second request: its SSE reader can hand the second job a
-    cancellation meant for the first (seen here: CancelledError in stream_sse_v1plus in 2 of 7
-    runs). Closing it ends its heartbeat thread and connection."""
+    """A client (a session of its own) for one request, closed afterwards, which ends its heartbeat
+    thread and connection."""
     folder = tmp_path / f"client-{threading.get_ident()}-{time.monotonic_ns()}"
     folder.mkdir()
     client = Client(server["url"], verbose=False, download_files=str(folder))
