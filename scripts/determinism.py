@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import subprocess
 import sys
@@ -29,6 +28,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+from scripts.json_report import print_and_save  # noqa: E402
 
 # name, frames, quality, refresh period
 CLIPS = [("vtest_3s.mp4", 13, 30, 0), ("bikes_2s.mp4", 17, 50, 2), ("bigbuckbunny_3s.mp4", 9, 10, 1)]
@@ -105,10 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="glvc-determinism-") as workdir:
         rows = check(model, model_dir, workdir, args.height)
     result = {"model": model_dir, "height": args.height, "rows": rows}
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    print_and_save(result, args.json)
     return 0
 
 

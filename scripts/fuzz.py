@@ -52,6 +52,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from scripts.json_report import print_and_save  # noqa: E402
+
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -541,10 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         fuzz(harness, corpus, args.examples, seed=args.seed, progress_every=500)
     summary = harness.summary()
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    print(json.dumps(summary, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=2)
+    print_and_save(summary, args.json)
     return 0
 
 

@@ -35,6 +35,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from scripts.json_report import print_and_save  # noqa: E402
+
 EXAMPLES = [os.path.join(ROOT, "examples", n) for n in ("bigbuckbunny_3s.mp4", "vtest_3s.mp4", "bikes_2s.mp4")]
 
 
@@ -162,10 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             build_tiny_model().save_pretrained(model)
         rows = measure(model, args.seconds, args.height, workdir, args.quality)
     result = {"model": "tiny" if args.tiny else model, "rows": rows}
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    print_and_save(result, args.json)
     return 0
 
 

@@ -26,6 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from glvc import cli, service  # noqa: E402
+from glvc.metrics import psnr_rgb  # noqa: E402
 from glvc.video_io import read_video  # noqa: E402
 
 from .conftest import build_tiny_model  # noqa: E402
@@ -130,8 +131,8 @@ def tiny_app_model(tiny_model):
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return 10 * np.log10(255**2 / max(mse, 1e-10))
+    """PSNR-RGB of one frame against another (glvc.metrics, on a 1-frame clip)."""
+    return psnr_rgb(a[None], b[None]).value
 
 
 # name -> (expected UserError text) or None when accepted
