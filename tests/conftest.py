@@ -1,8 +1,12 @@
-"""Shared fixtures: tiny random models built and saved locally (no network), and small real clips."""
+"""Shared fixtures: tiny random models built and saved locally (no network), and small real clips;
+helpers to run the app on a loopback port."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -56,3 +60,26 @@ def real_frames() -> np.ndarray:
     from glvc.video_io import read_video
 
     return read_video(TINY_CLIP).frames
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_app() -> Iterator[str]:
+    """``app.demo`` served in this process on a free loopback port, with the upload limit that
+    ``python app.py`` uses; yields its URL and closes it afterwards."""
+    import app
+    from glvc import service
+
+    port = free_port()
+    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                    max_file_size=f"{service.limits().max_upload_bytes // service.MB}mb")
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        app.demo.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import glob
 import os
-import socket
 import tempfile
 
 import numpy as np
@@ -22,32 +21,23 @@ from glvc import service
 from glvc.metrics import psnr_rgb
 from glvc.video_io import read_video
 
+from .conftest import running_app
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 VTEST = os.path.join(ROOT, "examples", "vtest_3s.mp4")
 SMALL = {"max_height": 64, "max_seconds": 0.9}  # vtest: 86x64, 9 frames
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    import app
-
     # request folders in a folder of this test's own, where nothing else on the machine writes
     tmp = pytest.MonkeyPatch()
     tmp.setattr(service, "WORKSPACE_ROOT", str(tmp_path_factory.mktemp("requests")))
-    port = _free_port()
-    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                    max_file_size=f"{service.limits().max_upload_bytes // service.MB}mb")
     try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=tempfile.mkdtemp(prefix="glvc-client-"))
+        with running_app() as url:
+            yield Client(url, verbose=False, download_files=tempfile.mkdtemp(prefix="glvc-client-"))
     finally:
-        app.demo.close()
         tmp.undo()
 
 

@@ -15,10 +15,11 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 
 import pytest
+
+from .conftest import running_app
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BROWSER_DIR = os.path.join(ROOT, "tests", "browser")
@@ -39,23 +40,11 @@ def _missing() -> str | None:
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.skipif(_missing() is not None, reason=_missing() or "")]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_upload_encode_download_in_chromium(tmp_path):
-    import app
-    from glvc import service
-
-    port = _free_port()
-    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                    max_file_size=f"{service.limits().max_upload_bytes // service.MB}mb")
-    try:
+    with running_app() as url:
         env = {
             **os.environ,
-            "APP_URL": f"http://127.0.0.1:{port}/",
+            "APP_URL": url,
             "CLIP": os.path.join(ROOT, "examples", "vtest_3s.mp4"),
             "OUT_DIR": str(tmp_path),
             "MAX_HEIGHT": "96",
@@ -72,8 +61,6 @@ def test_upload_encode_download_in_chromium(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             stdout, stderr = proc.communicate()
             pytest.fail(f"the browser script ran over {SCRIPT_TIMEOUT_S} s: {stdout[-2000:]} {stderr[-2000:]}")
-    finally:
-        app.demo.close()
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
     assert lines, f"no result from the browser script (rc {proc.returncode}): {stdout[-2000:]} {stderr[-2000:]}"
     seen = json.loads(lines[-1])

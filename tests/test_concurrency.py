@@ -19,7 +19,6 @@ import contextlib
 import glob
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,8 @@ import pytest
 gradio_client = pytest.importorskip("gradio_client")
 psutil = pytest.importorskip("psutil")
 from gradio_client import Client, handle_file  # noqa: E402
+
+from .conftest import free_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = [os.path.join(ROOT, "examples", name) for name in ("vtest_3s.mp4", "bikes_2s.mp4", "bigbuckbunny_3s.mp4")]
@@ -55,12 +56,6 @@ CANCELLED_RETRIES = 2
 START_TIMEOUT = 240
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _files(folder: str) -> set[str]:
     return {os.path.join(d, f) for d, _, files in os.walk(folder) for f in files}
 
@@ -69,7 +64,7 @@ def _files(folder: str) -> set[str]:
 def server(tiny_model_dir, tmp_path_factory):
     tmp = str(tmp_path_factory.mktemp("server_tmp"))
     cache = os.path.join(tmp, "gradio")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "GLVC_MODEL": tiny_model_dir, "TMPDIR": tmp, "GRADIO_TEMP_DIR": cache,
            "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False",
            "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "MALLOC_ARENA_MAX": "2"}

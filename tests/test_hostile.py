@@ -29,7 +29,7 @@ from glvc import cli, service  # noqa: E402
 from glvc.metrics import psnr_rgb  # noqa: E402
 from glvc.video_io import read_video  # noqa: E402
 
-from .conftest import build_tiny_model  # noqa: E402
+from .conftest import build_tiny_model, running_app  # noqa: E402
 
 FAST = {"preset": "ultrafast"}
 
@@ -266,18 +266,9 @@ class TestCli:
 @pytest.fixture(scope="module")
 def client(tiny_app_model):
     gradio_client = pytest.importorskip("gradio_client")
-    from .test_app import _free_port
 
-    import app
-
-    port = _free_port()
-    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                    max_file_size=f"{service.limits().max_upload_bytes // service.MB}mb")
-    try:
-        yield gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False,
-                                   download_files=tempfile.mkdtemp(prefix="glvc-client-"))
-    finally:
-        app.demo.close()
+    with running_app() as url:
+        yield gradio_client.Client(url, verbose=False, download_files=tempfile.mkdtemp(prefix="glvc-client-"))
 
 
 def _encode(client, path, compare=False):
