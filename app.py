@@ -182,4 +182,9 @@ with gr.Blocks(title="GLVC: generative latent video compression", delete_cache=(
 demo.queue(default_concurrency_limit=1, max_size=16)
 
 if __name__ == "__main__":
+    import faulthandler
+    import signal
+
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: for a server that stops answering
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     demo.launch(max_file_size=f"{LIMITS.max_upload_bytes // service.MB}mb")

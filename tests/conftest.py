@@ -1,12 +1,18 @@
 """Shared fixtures: tiny random models built and saved locally (no network), and small real clips;
-helpers to run the app on a loopback port."""
+helpers to run the app on a loopback port and to send it requests with a bound on their time."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
-from collections.abc import Iterator
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -83,3 +89,66 @@ def running_app() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}/"
     finally:
         app.demo.close()
+
+
+class AppError(Exception):
+    """The app refused a request (gradio_client's ``AppError``): ``str(err)`` is its message."""
+
+
+class RequestFailed(Exception):
+    """A request to the app ended in anything else than a result or the app's refusal."""
+
+
+class AppClient:
+    """gradio_client requests to a running app, each in a process of its own (tests/gradio_request.py)
+    that is killed after ``timeout`` seconds, so that no test can wait forever.
+
+    gradio_client 2.7.2 waits for a job's messages without a time limit, in a worker thread that
+    also keeps the process from exiting, and now and then ends the wait for a fast job with
+    CancelledError (its SSE reader stopped; seen in 5 of about 15 runs of test_concurrency on an
+    idle machine). A CI run once stopped in test_concurrency for over an hour, with no output to
+    say where. So a request that ends in CancelledError or gets no reply in time is sent again,
+    at most ``retries`` times, and each such retry is listed in ``retried`` (tests print it);
+    ``on_timeout`` is called before a retry (e.g. to have the server dump its threads' stacks).
+    Results come back as JSON: tuples become lists. The app's refusals raise :class:`AppError`.
+    """
+
+    def __init__(self, url: str, timeout: float = 120.0, retries: int = 2,
+                 on_timeout: Callable[[], None] | None = None) -> None:
+        self.url, self.timeout, self.retries, self.on_timeout = url, timeout, retries, on_timeout
+        self.download_dir = tempfile.mkdtemp(prefix="glvc-client-")
+        self.retried: list[str] = []
+
+    def predict(self, *args: Any, api_name: str) -> Any:
+        for attempt in range(self.retries + 1):
+            outcome = self._request(args, api_name)
+            if outcome.get("error") not in ("CancelledError", "timeout") or attempt == self.retries:
+                break
+            self.retried.append(f"{api_name}: {outcome['message']}")
+        if "result" in outcome:
+            return outcome["result"]
+        if outcome["error"] == "AppError":
+            raise AppError(outcome["message"])
+        raise RequestFailed(f"{api_name}: {outcome['error']}: {outcome['message']}")
+
+    def _request(self, args: tuple, api_name: str) -> dict:
+        fd, reply = tempfile.mkstemp(suffix=".json", dir=self.download_dir)
+        os.close(fd)
+        request = {"url": self.url, "api_name": api_name, "args": list(args), "download_dir": self.download_dir,
+                   "reply": reply}
+        started = time.monotonic()
+        try:
+            done = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "gradio_request.py")],
+                                  input=json.dumps(request), capture_output=True, text=True, timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            if self.on_timeout is not None:
+                self.on_timeout()
+            return {"error": "timeout", "message": f"no reply in {self.timeout:.0f} s"}
+        try:
+            with open(reply) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {"error": "no reply", "message": f"the request process ended with status {done.returncode} after "
+                    f"{time.monotonic() - started:.1f} s without a reply: {done.stderr[-1500:]}"}
+        finally:
+            os.remove(reply)

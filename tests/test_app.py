@@ -14,14 +14,13 @@ import tempfile
 import numpy as np
 import pytest
 
-from gradio_client import Client, handle_file
-from gradio_client.exceptions import AppError
+from gradio_client import handle_file
 
 from glvc import service
 from glvc.metrics import psnr_rgb
 from glvc.video_io import read_video
 
-from .conftest import running_app
+from .conftest import AppClient, AppError, running_app
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,7 +35,7 @@ def client(tmp_path_factory):
     tmp.setattr(service, "WORKSPACE_ROOT", str(tmp_path_factory.mktemp("requests")))
     try:
         with running_app() as url:
-            yield Client(url, verbose=False, download_files=tempfile.mkdtemp(prefix="glvc-client-"))
+            yield AppClient(url)
     finally:
         tmp.undo()
 

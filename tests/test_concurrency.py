@@ -10,12 +10,13 @@ leaves behind can be seen. Checked:
   gradio's cache is emptied when the server stops;
 - the server's RSS after a first concurrent batch is near its level after the single-client ones,
   and does not grow over the batches after it (with MALLOC_ARENA_MAX=2, see below).
+
+Each request runs in a process of its own with a time limit (conftest.AppClient); one that gets no
+reply in time makes the server print its threads' stacks into its log, which a failure shows.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
 import glob
 import os
 import signal
@@ -24,15 +25,14 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
 
 gradio_client = pytest.importorskip("gradio_client")
 psutil = pytest.importorskip("psutil")
-from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client import handle_file  # noqa: E402
 
-from .conftest import free_port  # noqa: E402
+from .conftest import AppClient, free_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = [os.path.join(ROOT, "examples", name) for name in ("vtest_3s.mp4", "bikes_2s.mp4", "bigbuckbunny_3s.mp4")]
@@ -48,11 +48,6 @@ WARM_UP_BATCHES = 1
 BATCHES = 4
 RSS_MARGIN_MB = 100  # growth allowed from the single-client level to the end of the warm-up (measured 31-54 MB)
 RSS_LEAK_MB = 60  # growth allowed after the warm-up
-# gradio_client 2.7.2 now and then ends the wait for a fast job with CancelledError (raised in
-# utils.stream_sse_v1plus when its SSE reader has stopped; seen in 5 of about 15 runs when the
-# machine was idle, never under load). The request is then sent again, at most this many times;
-# the results must still be right.
-CANCELLED_RETRIES = 2
 START_TIMEOUT = 240
 
 
@@ -100,19 +95,6 @@ def server(tiny_model_dir, tmp_path_factory):
         log.close()
 
 
-@contextlib.contextmanager
-def _client(server, tmp_path) -> Iterator[Client]:
-    """A client (a session of its own) for one request, closed afterwards, which ends its heartbeat
-    thread and connection."""
-    folder = tmp_path / f"client-{threading.get_ident()}-{time.monotonic_ns()}"
-    folder.mkdir()
-    client = Client(server["url"], verbose=False, download_files=str(folder))
-    try:
-        yield client
-    finally:
-        client.close()
-
-
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> list[str]:
     """The example clips cut to 12 frames at 72 px high (other files than the app's own examples)."""
@@ -127,27 +109,26 @@ def clips(tmp_path_factory) -> list[str]:
     return out
 
 
-RETRIED: list[str] = []  # requests sent again after a CancelledError (printed at the end)
+def _dump_server_stacks(server) -> None:
+    """Have the server print every thread's stack into its log (app.py: SIGUSR1, faulthandler)."""
+    if server["proc"].poll() is None:
+        server["proc"].send_signal(signal.SIGUSR1)
+        time.sleep(1)
 
 
-def _predict(server, tmp_path, *args, api_name: str):
-    for attempt in range(CANCELLED_RETRIES + 1):
-        with _client(server, tmp_path) as client:
-            try:
-                return client.predict(*args, api_name=api_name)
-            except concurrent.futures.CancelledError:
-                if attempt == CANCELLED_RETRIES:
-                    raise
-                RETRIED.append(api_name)
+@pytest.fixture(scope="module")
+def client(server) -> AppClient:
+    """Requests in processes of their own, each with a time limit (see AppClient)."""
+    return AppClient(server["url"], on_timeout=lambda: _dump_server_stacks(server))
 
 
-def _encode(server, tmp_path, clip):
+def _encode(client, clip):
     # 64 px high, 0.9 s (9 frames at 10 fps, up to 12 at 25/30 fps); with x265 at the same size
-    return _predict(server, tmp_path, handle_file(clip), "default", "quality", 30, 150.0, 25.0, 64, 0.9, True, api_name="/encode")
+    return client.predict(handle_file(clip), "default", "quality", 30, 150.0, 25.0, 64, 0.9, True, api_name="/encode")
 
 
-def _decode(server, tmp_path, glvc_path):
-    return _predict(server, tmp_path, handle_file(glvc_path), "default", api_name="/decode")
+def _decode(client, glvc_path):
+    return client.predict(handle_file(glvc_path), "default", api_name="/decode")
 
 
 def _rss_mb(pid: int) -> float:
@@ -155,12 +136,12 @@ def _rss_mb(pid: int) -> float:
 
 
 @pytest.mark.slow
-def test_four_clients_get_single_client_results(server, clips, tmp_path):
+def test_four_clients_get_single_client_results(server, client, clips):
     pid = server["proc"].pid
     # single client: the reference outputs (this also warms the server up: model, metric networks)
     reference = {}
     for clip in clips:
-        status, *_, glvc_path, details = _encode(server, tmp_path, clip)
+        status, *_, glvc_path, details = _encode(client, clip)
         reference[clip] = (details["decoded_sha256"], open(glvc_path, "rb").read())
     time.sleep(1)
     rss_before = _rss_mb(pid)
@@ -172,19 +153,20 @@ def test_four_clients_get_single_client_results(server, clips, tmp_path):
         def work(index: int) -> None:
             try:
                 clip = clips[(index + number) % len(clips)]
-                status, *_, glvc_path, details = _encode(server, tmp_path, clip)
+                status, *_, glvc_path, details = _encode(client, clip)
                 data = open(glvc_path, "rb").read()
-                d_status, _, d_details = _decode(server, tmp_path, glvc_path)
+                d_status, _, d_details = _decode(client, glvc_path)
                 results.append((clip, details["decoded_sha256"], data, d_details["decoded_sha256"], status, d_status))
             except Exception as err:  # noqa: BLE001 - reported below
                 errors.append(f"client {index}: {err!r}")
 
         started = time.monotonic()
+        # every request has a time limit (AppClient), so these threads end
         threads = [threading.Thread(target=work, args=(i,)) for i in range(CLIENTS)]
         for t in threads:
             t.start()
         for t in threads:
-            t.join(timeout=600)
+            t.join()
         assert not errors, (errors, f"server exit status: {server['proc'].poll()}", open(server["log"]).read()[-1500:])
         assert len(results) == CLIENTS
         return results, time.monotonic() - started
@@ -201,7 +183,7 @@ def test_four_clients_get_single_client_results(server, clips, tmp_path):
         rss.append(_rss_mb(pid))
         print(f"\nbatch {number}: {CLIENTS} clients x (encode + decode) in {elapsed:.1f} s; server RSS {rss[-1]:.0f} MB")
 
-    print(f"\nrequests sent again after gradio_client's CancelledError: {len(RETRIED)} {RETRIED}")
+    print(f"\nrequests sent again (gradio_client's CancelledError, or no reply in time): {len(client.retried)} {client.retried}")
 
     # files: no request folder left, nothing new in TMPDIR outside gradio's cache
     assert not glob.glob(os.path.join(server["tmp"], "glvc-app-*")), os.listdir(server["tmp"])

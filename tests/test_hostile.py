@@ -15,7 +15,6 @@ import contextlib
 import io
 import os
 import sys
-import tempfile
 from fractions import Fraction
 
 import av
@@ -29,7 +28,7 @@ from glvc import cli, service  # noqa: E402
 from glvc.metrics import psnr_rgb  # noqa: E402
 from glvc.video_io import read_video  # noqa: E402
 
-from .conftest import build_tiny_model, running_app  # noqa: E402
+from .conftest import AppClient, AppError, build_tiny_model, running_app  # noqa: E402
 
 FAST = {"preset": "ultrafast"}
 
@@ -265,10 +264,10 @@ class TestCli:
 
 @pytest.fixture(scope="module")
 def client(tiny_app_model):
-    gradio_client = pytest.importorskip("gradio_client")
+    pytest.importorskip("gradio_client")
 
     with running_app() as url:
-        yield gradio_client.Client(url, verbose=False, download_files=tempfile.mkdtemp(prefix="glvc-client-"))
+        yield AppClient(url)
 
 
 def _encode(client, path, compare=False):
@@ -279,8 +278,6 @@ def _encode(client, path, compare=False):
 
 @pytest.mark.slow
 def test_server_survives_hostile_uploads(client, inputs):
-    from gradio_client.exceptions import AppError
-
     for name, expected in REFUSED.items():
         if name == "zero_bytes":
             continue  # gradio's own upload route refuses an empty file before the app sees it (checked below)
