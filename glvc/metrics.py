@@ -471,6 +471,46 @@ def _build_lpips(net: str, state_dict: Mapping, device: torch.device) -> torch.n
     return m.to(device).eval()
 
 
+def _trunk_metric_model(
+    model: torch.nn.Module | None,
+    backbone_state_dict: Mapping | None,
+    arch: str,
+    key: tuple,
+    device: torch.device,
+    build: Callable[[Mapping], torch.nn.Module],
+) -> torch.nn.Module:
+    """The network of a metric built on an ImageNet trunk (LPIPS, DISTS): ``model`` as given; else
+    ``build(backbone_state_dict)`` (uncached, for tests); else built from the trunk's weights file
+    (:func:`backbone_weights_path`) and cached per file and device.  Raises
+    :class:`MetricUnavailable` when there is no weights file."""
+    if model is not None:
+        return model.to(device).eval()
+    if backbone_state_dict is not None:
+        return build(backbone_state_dict)
+    path, why = backbone_weights_path(arch)
+    if path is None:
+        raise MetricUnavailable(why)
+    st = os.stat(path)
+    return _cached((*key, str(device), path, st.st_mtime, st.st_size), lambda: build(_load_backbone_file(arch)[0]))
+
+
+def _score_frames(
+    model: torch.nn.Module,
+    ref: np.ndarray,
+    dist: np.ndarray,
+    device: torch.device,
+    batch_frames: int,
+    scale: Callable[[torch.Tensor], torch.Tensor],
+) -> list[float]:
+    """``model(scale(ref), scale(dist))`` per frame, in batches of frames that bound the memory."""
+    per: list[float] = []
+    with torch.inference_mode():
+        for s, e in _chunks(ref.shape[0], _net_batch(batch_frames, *ref.shape[1:3])):
+            x, y = scale(_to_nchw(ref[s:e], device)), scale(_to_nchw(dist[s:e], device))
+            per.extend(model(x, y).double().cpu().reshape(-1).tolist())
+    return per
+
+
 def lpips(
     ref: np.ndarray,
     dist: np.ndarray,
@@ -493,31 +533,11 @@ def lpips(
     ref, dist = _check_pair(ref, dist)
     dev = _resolve_device(device)
     try:
-        if model is None:
-            if backbone_state_dict is not None:
-                model = _build_lpips(net, backbone_state_dict, dev)
-            else:
-                arch = _LPIPS_ARCH[net]
-                path, why = backbone_weights_path(arch)
-                if path is None:
-                    raise MetricUnavailable(why)
-                st = os.stat(path)
-                model = _cached(
-                    ("lpips", net, str(dev), path, st.st_mtime, st.st_size),
-                    lambda: _build_lpips(net, _load_backbone_file(arch)[0], dev),
-                )
-        else:
-            model = model.to(dev).eval()
+        model = _trunk_metric_model(model, backbone_state_dict, _LPIPS_ARCH[net], ("lpips", net), dev,
+                                    lambda state_dict: _build_lpips(net, state_dict, dev))
     except MetricUnavailable as exc:
         return _unavailable(name, str(exc))
-    per: list[float] = []
-    nb = _net_batch(batch_frames, *ref.shape[1:3])
-    with torch.inference_mode():
-        for s, e in _chunks(ref.shape[0], nb):
-            x = _to_nchw(ref[s:e], dev) / 127.5 - 1.0
-            y = _to_nchw(dist[s:e], dev) / 127.5 - 1.0
-            per.extend(model(x, y).double().cpu().reshape(-1).tolist())
-    return _value(name, per)
+    return _value(name, _score_frames(model, ref, dist, dev, batch_frames, lambda x: x / 127.5 - 1.0))
 
 
 # ---------------------------------------------------------------------------
@@ -623,30 +643,11 @@ def dists(
     ref, dist = _check_pair(ref, dist)
     dev = _resolve_device(device)
     try:
-        if model is None:
-            if backbone_state_dict is not None:
-                model = _build_dists(backbone_state_dict, dev)
-            else:
-                path, why = backbone_weights_path("vgg16")
-                if path is None:
-                    raise MetricUnavailable(why)
-                st = os.stat(path)
-                model = _cached(
-                    ("dists", str(dev), path, st.st_mtime, st.st_size),
-                    lambda: _build_dists(_load_backbone_file("vgg16")[0], dev),
-                )
-        else:
-            model = model.to(dev).eval()
+        model = _trunk_metric_model(model, backbone_state_dict, "vgg16", ("dists",), dev,
+                                    lambda state_dict: _build_dists(state_dict, dev))
     except MetricUnavailable as exc:
         return _unavailable(name, str(exc))
-    per: list[float] = []
-    nb = _net_batch(batch_frames, *ref.shape[1:3])
-    with torch.inference_mode():
-        for s, e in _chunks(ref.shape[0], nb):
-            x = _to_nchw(ref[s:e], dev) / 255.0
-            y = _to_nchw(dist[s:e], dev) / 255.0
-            per.extend(model(x, y).double().cpu().reshape(-1).tolist())
-    return _value(name, per)
+    return _value(name, _score_frames(model, ref, dist, dev, batch_frames, lambda x: x / 255.0))
 
 
 # ---------------------------------------------------------------------------
