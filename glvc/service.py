@@ -44,7 +44,7 @@ from . import bitstream
 from .bitstream import BitstreamError
 from .cli import default_model
 from .pipeline import GLVC, ModelLoadError
-from .video_io import Video, VideoError, probe_fps, read_video, write_video
+from .video_io import Video, VideoError, read_video, write_video
 
 # ---------------------------------------------------------------------------------------------
 # limits
@@ -399,10 +399,7 @@ def load_clip(path: str | None, max_height: int, max_seconds: float, lim: Limits
             f"(and only the first {max_seconds:g} s are coded): cut it first"
         )
     try:
-        fps = probe_fps(path)
-        # floor with a tolerance: 0.9 s at 10 fps is 9 frames, not 8.999...
-        max_frames = max(1, math.floor(max_seconds * fps + 1e-6))
-        video = read_video(path, max_frames=max_frames, max_height=int(max_height))
+        video = read_video(path, max_seconds=max_seconds, max_height=int(max_height))
     except VideoError as err:
         raise UserError(str(err).splitlines()[0]) from err
     # robustness (tests/test_hostile.py): a 1-pixel side breaks the quality metrics (SSIM)

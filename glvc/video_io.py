@@ -12,6 +12,7 @@ play (odd sizes are padded by one replicated row/column, since 4:2:0 needs even 
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -113,6 +114,12 @@ def probe_fps(path: str) -> Fraction:
         container.close()
 
 
+def frames_in(seconds: float, fps: Fraction | float) -> int:
+    """Whole frames in the first ``seconds`` of a clip at ``fps``, at least 1. Floored with a
+    tolerance for float rounding: 0.9 s at 10 fps is 9 frames, 0.29 s at 100 fps 29, not 28."""
+    return max(1, math.floor(seconds * fps + 1e-6))
+
+
 def _stream_fps(stream) -> Fraction:
     for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
         if rate and 0 < rate <= 1000:
@@ -128,7 +135,7 @@ def _decode(path, max_frames, max_seconds, max_height, max_width):
         fps = _stream_fps(stream)
         limit = max_frames
         if max_seconds is not None:
-            by_time = max(1, int(max_seconds * fps))
+            by_time = frames_in(max_seconds, fps)
             limit = by_time if limit is None else min(limit, by_time)
         count = 0
         try:
@@ -185,7 +192,7 @@ class FrameStream:
         for rgb, (w, h, fps) in _decode(self.path, None, None, self.max_height, self.max_width):
             self.fps = fps
             if (self.max_frames is not None and self.count >= self.max_frames) or (
-                self.max_seconds is not None and self.count >= max(1, int(self.max_seconds * fps))
+                self.max_seconds is not None and self.count >= frames_in(self.max_seconds, fps)
             ):
                 self.truncated = True
                 return

@@ -161,6 +161,13 @@ class TestServiceReads:
         video = service.load_clip(inputs["ten_minutes"], 240, 2.0, service.CPU_LIMITS)
         assert video.truncated and video.frames.shape == (50, 36, 64, 3)  # 2 s at 25 fps
 
+    def test_trim_counts_whole_frames_without_float_rounding(self, inputs):
+        from glvc.video_io import frames_in
+
+        assert [frames_in(0.9, 10), frames_in(0.29, 100), frames_in(0.7, 10), frames_in(0.01, 25)] == [9, 29, 7, 1]
+        video = service.load_clip(inputs["ten_minutes"], 240, 1.16, service.CPU_LIMITS)
+        assert video.truncated and video.frames.shape[0] == 29  # 1.16 s at 25 fps (1.16 * 25 = 28.999999999999996)
+
     def test_longer_than_ten_minutes_is_refused(self, inputs):
         lim = service.Limits(default_height=240, max_height=360, default_seconds=2, max_seconds=3, max_source_seconds=599)
         with pytest.raises(service.UserError, match=r"is 600 s long; uploads up to 599 s are accepted"):
