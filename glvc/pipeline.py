@@ -267,6 +267,17 @@ class GLVC:
         report = Report(len(data), analysis.count, analysis.geometry.width, analysis.geometry.height, float(fps), quality, timer.timings)
         return EncodeResult(data, np.concatenate(recon) if reconstruct else None, report)
 
+    def tokenizer_round_trip(self, frames: np.ndarray | Iterable[np.ndarray]) -> np.ndarray:
+        """The frames through the tokenizer alone (encode, then decode the unquantised latents),
+        with the same grouping, segments and padding as :meth:`encode`: the quality ceiling that no
+        rate of the latent codec can pass (scripts/tokenizer_ceiling.py)."""
+        analysis, decoder, out = _Analysis(), None, []
+        for index, (latent, real) in enumerate(self._analyze(iter(frames), analysis, _Timer())):
+            if self._starts_segment(index):
+                decoder = self.tokenizer.decoder_stream()
+            out.append(analysis.geometry.crop(_to_frames(decoder.push(latent.unsqueeze(2))))[:real])
+        return np.concatenate(out)
+
     def _analyze(self, frames: Iterator[np.ndarray], analysis: "_Analysis", timer: _Timer):
         """Tokenizer pass: yields (normalised latent frame (1, C, h, w), real pixel frames in it)."""
         encoder = None

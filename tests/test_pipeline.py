@@ -200,3 +200,19 @@ class TestAcrossProcesses:
             done = run_cli(*command)
             assert done.returncode == 2 and "Traceback" not in done.stderr
             assert done.stderr.strip().splitlines()[-1].startswith("error:")
+
+
+class TestTokenizerRoundTrip:
+    def test_equals_the_tokenizer_on_a_whole_clip(self, tiny_model, real_frames):
+        # 9 frames (1 + 4k), cut to 64x32 (a multiple of the model's stride of 32): no padding
+        from glvc.pipeline import _to_frames, _to_pixels
+
+        frames = real_frames[:, :32]
+        out = tiny_model.tokenizer_round_trip(frames)
+        with torch.inference_mode():
+            expected = _to_frames(tiny_model.tokenizer.decode(tiny_model.tokenizer.encode(_to_pixels(frames))))
+        assert tiny_model.pixel_stride == 32 and out.shape == frames.shape and np.array_equal(out, expected)
+
+    def test_odd_size_and_length_come_back_exact(self, tiny_model, real_frames):
+        frames = real_frames[:6, :45, :61]
+        assert tiny_model.tokenizer_round_trip(iter(list(frames))).shape == frames.shape
