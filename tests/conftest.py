@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -111,6 +112,7 @@ class AppClient:
     at most ``retries`` times, and each such retry is listed in ``retried`` (tests print it);
     ``on_timeout`` is called before a retry (e.g. to have the server dump its threads' stacks).
     Results come back as JSON: tuples become lists. The app's refusals raise :class:`AppError`.
+    Downloads go to a folder per request, removed by :meth:`close` (or at the end of a ``with``).
     """
 
     def __init__(self, url: str, timeout: float = 120.0, retries: int = 2,
@@ -132,10 +134,11 @@ class AppClient:
         raise RequestFailed(f"{api_name}: {outcome['error']}: {outcome['message']}")
 
     def _request(self, args: tuple, api_name: str) -> dict:
-        fd, reply = tempfile.mkstemp(suffix=".json", dir=self.download_dir)
-        os.close(fd)
-        request = {"url": self.url, "api_name": api_name, "args": list(args), "download_dir": self.download_dir,
-                   "reply": reply}
+        # a folder per request: clients that download the same output would otherwise write the
+        # same path, and one could read the file while another rewrites it
+        folder = tempfile.mkdtemp(dir=self.download_dir)
+        reply = os.path.join(folder, "reply.json")
+        request = {"url": self.url, "api_name": api_name, "args": list(args), "download_dir": folder, "reply": reply}
         started = time.monotonic()
         try:
             done = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "gradio_request.py")],
@@ -151,4 +154,15 @@ class AppClient:
             return {"error": "no reply", "message": f"the request process ended with status {done.returncode} after "
                     f"{time.monotonic() - started:.1f} s without a reply: {done.stderr[-1500:]}"}
         finally:
-            os.remove(reply)
+            with contextlib.suppress(OSError):
+                os.remove(reply)
+
+    def close(self) -> None:
+        """Remove the downloaded files."""
+        shutil.rmtree(self.download_dir, ignore_errors=True)
+
+    def __enter__(self) -> "AppClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

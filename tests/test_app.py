@@ -34,8 +34,8 @@ def client(tmp_path_factory):
     tmp = pytest.MonkeyPatch()
     tmp.setattr(service, "WORKSPACE_ROOT", str(tmp_path_factory.mktemp("requests")))
     try:
-        with running_app() as url:
-            yield AppClient(url)
+        with running_app() as url, AppClient(url) as client:
+            yield client
     finally:
         tmp.undo()
 

@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
 
@@ -117,9 +118,10 @@ def _dump_server_stacks(server) -> None:
 
 
 @pytest.fixture(scope="module")
-def client(server) -> AppClient:
+def client(server) -> Iterator[AppClient]:
     """Requests in processes of their own, each with a time limit (see AppClient)."""
-    return AppClient(server["url"], on_timeout=lambda: _dump_server_stacks(server))
+    with AppClient(server["url"], on_timeout=lambda: _dump_server_stacks(server)) as client:
+        yield client
 
 
 def _encode(client, clip):

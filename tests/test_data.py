@@ -231,4 +231,4 @@ def test_dataset_imports_only_torch_numpy_pil():
             "for m in ('av', 'diffusers', 'compressai', 'cv2', 'torchvision'):\n"
             "    sys.modules[m] = None\n"
             "import glvc.data.dataset\n")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=300)

@@ -273,8 +273,8 @@ class TestCli:
 def client(tiny_app_model):
     pytest.importorskip("gradio_client")
 
-    with running_app() as url:
-        yield AppClient(url)
+    with running_app() as url, AppClient(url) as client:
+        yield client
 
 
 def _encode(client, path, compare=False):
