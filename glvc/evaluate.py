@@ -829,30 +829,25 @@ def bd_pair(anchor: Sequence[tuple[float, float]], test: Sequence[tuple[float, f
     q_ov = overlap(qa, qt)
     r_ov = overlap(np.log10(ra), np.log10(rt))
     out["quality_overlap"], out["rate_overlap"] = q_ov, r_ov
-    if q_ov <= 0:
-        out["bd_rate_note"] = f"no quality overlap (anchor {rng(qa)}, test {rng(qt)})"
-    else:
+    # (key, bjontegaard function, scale of its value, overlap it needs, note when there is none, what overlaps)
+    measures = (
+        ("bd_rate", bd.bd_rate, 1.0, q_ov, f"no quality overlap (anchor {rng(qa)}, test {rng(qt)})", "quality ranges"),
+        ("bd_metric", bd.bd_psnr, sign, r_ov,
+         f"no rate overlap (anchor {ra.min():.4g}-{ra.max():.4g} bpp, test {rt.min():.4g}-{rt.max():.4g} bpp)", "log-rate ranges"),
+    )
+    for key, function, scale, ov, no_overlap, ranges in measures:
+        if ov <= 0:
+            out[f"{key}_note"] = no_overlap
+            continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            value = float(bd.bd_rate(ra, qa, rt, qt, method="akima", require_matching_points=False, min_overlap=0))
-        if math.isfinite(value):
-            out["bd_rate"] = value
-            if q_ov < MIN_OVERLAP:
-                out["bd_rate_note"] = f"quality ranges overlap only {100 * q_ov:.0f} %"
-        else:
-            out["bd_rate_note"] = "not finite"
-    if r_ov <= 0:
-        out["bd_metric_note"] = f"no rate overlap (anchor {ra.min():.4g}-{ra.max():.4g} bpp, test {rt.min():.4g}-{rt.max():.4g} bpp)"
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            value = float(bd.bd_psnr(ra, qa, rt, qt, method="akima", require_matching_points=False, min_overlap=0))
-        if math.isfinite(value):
-            out["bd_metric"] = sign * value
-            if r_ov < MIN_OVERLAP:
-                out["bd_metric_note"] = f"log-rate ranges overlap only {100 * r_ov:.0f} %"
-        else:
-            out["bd_metric_note"] = "not finite"
+            value = float(function(ra, qa, rt, qt, method="akima", require_matching_points=False, min_overlap=0))
+        if not math.isfinite(value):
+            out[f"{key}_note"] = "not finite"
+            continue
+        out[key] = scale * value
+        if ov < MIN_OVERLAP:
+            out[f"{key}_note"] = f"{ranges} overlap only {100 * ov:.0f} %"
     return out
 
 
