@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +139,55 @@ class TestSources:
             sources._run([sys.executable, "-c", "import sys; sys.exit(3)"])
         with pytest.raises(sources.FetchError, match="command not found"):
             sources._run(["glvc-no-such-command-xyz"])
+
+    @pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb (Debian)")
+    def test_fetchers_unpack_one_download_and_mark_it(self, monkeypatch, tmp_path):
+        """pip and apt-get are faked (no registry in tests); the unpacking (zip, dpkg-deb -x) is real."""
+        built = tmp_path / "built"
+        tree = built / "tree"
+        (tree / "DEBIAN").mkdir(parents=True)
+        (tree / "DEBIAN" / "control").write_text("Package: glvc-fake\nVersion: 1.0\nArchitecture: all\n"
+                                                 "Maintainer: GLVC tests <tests@glvc>\nDescription: test package\n")
+        (tree / "usr" / "share" / "glvc-fake").mkdir(parents=True)
+        (tree / "usr" / "share" / "glvc-fake" / "a.txt").write_text("from the deb")
+        deb = built / "glvc-fake_1.0_all.deb"
+        subprocess.run(["dpkg-deb", "--build", str(tree), str(deb)], check=True, capture_output=True, timeout=60)
+        wheel = built / "fake-1.0-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as zf:
+            zf.writestr("fake/__init__.py", "from the wheel")
+        downloads, copies = [], {"n": 1}
+        real_run = sources._run
+
+        def fake_run(cmd, cwd=None):
+            if "download" in cmd and "-d" in cmd:  # pip download ... -d DIR
+                downloads.append("pip")
+                for i in range(copies["n"]):
+                    shutil.copy(wheel, Path(cmd[cmd.index("-d") + 1]) / f"{i}{wheel.name}")
+                return None
+            if cmd[:2] == ["apt-get", "download"]:
+                downloads.append("apt")
+                shutil.copy(deb, Path(cwd) / deb.name)
+                return None
+            return real_run(cmd, cwd)  # dpkg-deb -x
+
+        monkeypatch.setattr(sources, "_run", fake_run)
+        monkeypatch.setattr(sources, "_pip_command", lambda: ["pip"])
+        cache = tmp_path / "cache"
+        unpacked = sources.fetch_pypi_wheel("fake", "1.0", cache=cache)
+        assert (unpacked / "fake" / "__init__.py").read_text() == "from the wheel"
+        assert (unpacked / sources.MARKER).read_text() == "fake==1.0\n"
+        unpacked = sources.fetch_deb("glvc-fake", cache=cache)
+        assert (unpacked / "usr" / "share" / "glvc-fake" / "a.txt").read_text() == "from the deb"
+        assert (unpacked / sources.MARKER).read_text() == "glvc-fake_1.0_all\n"
+        # complete: no second download
+        sources.fetch_pypi_wheel("fake", "1.0", cache=cache)
+        sources.fetch_deb("glvc-fake", cache=cache)
+        assert downloads == ["pip", "apt"]
+        # two files where one was expected: an error that lists them, and no marker
+        copies["n"] = 2
+        with pytest.raises(sources.FetchError, match=r"expected 1 \.whl for fake==2\.0 .* found 2"):
+            sources.fetch_pypi_wheel("fake", "2.0", cache=cache)
+        assert not (cache / "pypi" / "fake-2.0" / sources.MARKER).exists()
 
 
 @pytest.mark.skipif(not TINY.exists(), reason="tests/data/tiny.mp4 not generated")

