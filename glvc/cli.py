@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -51,6 +52,16 @@ def _load_model(args):
 MAX_ENCODE_PIXELS = 3840 * 2160
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):  # NaN fails the first test
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def cmd_encode(args) -> int:
     import itertools
 
@@ -70,8 +81,10 @@ def cmd_encode(args) -> int:
     model = _load_model(args)
     progress = _Progress("encode", not args.quiet)
     try:
-        result = model.encode(itertools.chain([first], frames), video.fps, args.rate, refresh_period=args.refresh,
-                              reconstruct=False, progress=progress)
+        rate = {"target_kbps": args.kbps} if args.kbps is not None else (
+            {"target_bytes": max(1, int(args.kilobytes * 1000))} if args.kilobytes is not None else {"quality": args.rate})
+        result = model.encode(itertools.chain([first], frames), video.fps, refresh_period=args.refresh,
+                              reconstruct=False, progress=progress, **rate)
     finally:
         progress.close()
     if video.truncated:
@@ -179,7 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("encode", help="video file -> .glvc bitstream")
     p.add_argument("input")
     p.add_argument("output")
-    p.add_argument("--rate", type=int, default=32, help="quality index 0 (smallest) .. 63 (best), default 32")
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--rate", type=int, default=32, help="quality index 0 (smallest) .. 63 (best), default 32")
+    rate.add_argument("--kbps", type=_positive, default=None,
+                      help="target bitrate (1 kbps = 1000 bit/s): the encoder picks the highest quality index that fits")
+    rate.add_argument("--kilobytes", type=_positive, default=None,
+                      help="target .glvc size in kB (1000 bytes): the encoder picks the highest quality index that fits")
     p.add_argument("--refresh", type=int, default=0, help="reset the temporal memory every N latent frames (0: never)")
     p.add_argument("--max-frames", type=int, default=None)
     p.add_argument("--max-seconds", type=float, default=None)

@@ -54,6 +54,7 @@ class Report:
     fps: float
     quality: int
     timings: dict[str, float] = field(default_factory=dict)
+    target_bytes: int | None = None  # the target the quality was chosen for (encode with a target)
 
     @property
     def duration(self) -> float:
@@ -75,8 +76,9 @@ class Report:
     def summary(self) -> str:
         stages = ", ".join(f"{name} {sec:.2f} s" for name, sec in self.timings.items())
         return (
-            f"{self.frames} frames {self.width}x{self.height} @ {self.fps:.3f} fps, quality {self.quality}: "
-            f"{self.bytes} bytes, {self.bits_per_pixel:.4f} bpp, {self.kbps:.1f} kbps ({stages})"
+            f"{self.frames} frames {self.width}x{self.height} @ {self.fps:.3f} fps, quality {self.quality}"
+            + (f" (chosen for a target of {self.target_bytes} bytes)" if self.target_bytes is not None else "")
+            + f": {self.bytes} bytes, {self.bits_per_pixel:.4f} bpp, {self.kbps:.1f} kbps ({stages})"
         )
 
 
@@ -92,6 +94,11 @@ class DecodeResult:
     frames: np.ndarray  # (T, H, W, 3) uint8
     fps: Fraction
     report: Report
+
+
+def bytes_for_kbps(kbps: float, frames: int, fps: float | Fraction) -> int:
+    """The bytes that ``kbps`` (1 kbps = 1000 bit/s) allows for ``frames`` frames at ``fps``, at least 1."""
+    return max(1, int(kbps * 1000 / 8 * (frames / float(fps))))
 
 
 def _to_pixels(frames: np.ndarray) -> torch.Tensor:
@@ -217,19 +224,24 @@ class GLVC:
         refresh_period: int = 0,
         reconstruct: bool = True,
         progress: ProgressCallback | None = None,
+        target_kbps: float | None = None,
     ) -> EncodeResult:
         """Encode frames (an (T, H, W, 3) uint8 array or an iterable of (H, W, 3) frames).
 
-        Give either ``quality``, the rate index 0 .. ``max_quality`` (higher = more bytes), or
-        ``target_bytes``: then the clip is analysed once and the latent codec alone is run at the
-        qualities of a bisection, keeping the highest quality whose stream fits (the lowest if none
-        does); ``report.quality`` says which was chosen. ``refresh_period`` resets the temporal
+        Give one of ``quality``, the rate index 0 .. ``max_quality`` (higher = more bytes),
+        ``target_bytes``, or ``target_kbps`` (the bytes of that bitrate over the clip's duration,
+        :func:`bytes_for_kbps`, known once the clip is read): with a target the clip is analysed
+        once and the latent codec alone is run at the qualities of a bisection, keeping the highest
+        quality whose stream fits (the lowest if none does); ``report.quality`` says which was
+        chosen and ``report.target_bytes`` the target. ``refresh_period`` resets the temporal
         memory every that many latent frames (0: never). With ``reconstruct`` the result holds the
         frames the decoder will output, bit for bit. With a fixed quality everything streams, one
         latent frame at a time; with a target the latents (1/12 of the frames' size) are kept.
         """
-        if (quality is None) == (target_bytes is None):
-            raise ValueError("give exactly one of quality and target_bytes")
+        if sum(x is not None for x in (quality, target_bytes, target_kbps)) != 1:
+            raise ValueError("give exactly one of quality, target_bytes and target_kbps")
+        if target_kbps is not None and not target_kbps > 0:
+            raise ValueError(f"target_kbps must be positive, got {target_kbps}")
         if quality is not None and not 0 <= int(quality) <= self.max_quality:
             raise ValueError(f"quality must be in 0 .. {self.max_quality}, got {quality}")
         if target_bytes is not None and target_bytes < 1:
@@ -245,8 +257,10 @@ class GLVC:
             analysis.total = bitstream.latent_frame_count(frames.shape[0], self.segment)
         latents = self._analyze(iter(frames), analysis, timer)
         coded = None
-        if target_bytes is not None:
+        if quality is None:
             latents = list(latents)
+            if target_kbps is not None:
+                target_bytes = bytes_for_kbps(target_kbps, analysis.count, fps)
             quality, coded = self._search_quality(latents, analysis, fps, target_bytes, refresh_period, timer)
         quality = int(quality)
         if coded is None:
@@ -264,7 +278,8 @@ class GLVC:
                 recon.append(analysis.geometry.crop(_to_frames(pixels))[:real])
                 timer.add("tokenizer_decode", start)
         data = bitstream.pack(self._header(analysis, fps, quality, refresh_period), units)
-        report = Report(len(data), analysis.count, analysis.geometry.width, analysis.geometry.height, float(fps), quality, timer.timings)
+        report = Report(len(data), analysis.count, analysis.geometry.width, analysis.geometry.height, float(fps), quality,
+                        timer.timings, target_bytes)
         return EncodeResult(data, np.concatenate(recon) if reconstruct else None, report)
 
     def tokenizer_round_trip(self, frames: np.ndarray | Iterable[np.ndarray]) -> np.ndarray:

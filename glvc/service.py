@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Iterator, Protocol
 
 import av
@@ -43,7 +44,7 @@ import torch
 from . import bitstream
 from .bitstream import BitstreamError
 from .cli import default_model
-from .pipeline import GLVC, ModelLoadError
+from .pipeline import GLVC, ModelLoadError, bytes_for_kbps
 from .video_io import Video, VideoError, read_video, write_video
 
 # ---------------------------------------------------------------------------------------------
@@ -299,13 +300,13 @@ class Rate:
     kbps: float = 100.0
     kilobytes: float = 20.0  # 1 kB = 1000 bytes
 
-    def target_bytes(self, duration: float) -> int | None:
+    def target_bytes(self, frames: int, fps: float | Fraction) -> int | None:
         if self.mode == "quality":
             return None
         if self.mode == "kbps":
             if not self.kbps or self.kbps <= 0:
                 raise UserError(f"the target bitrate must be positive, got {self.kbps} kbps")
-            return max(1, int(self.kbps * 1000 / 8 * duration))
+            return bytes_for_kbps(self.kbps, frames, fps)
         if self.mode == "kilobytes":
             if not self.kilobytes or self.kilobytes <= 0:
                 raise UserError(f"the target size must be positive, got {self.kilobytes} kB")
@@ -525,7 +526,7 @@ def encode_clip(
     model = get_model(model_key)
     stages["model load"] = time.perf_counter() - start
 
-    target = rate.target_bytes(video.duration)
+    target = rate.target_bytes(video.num_frames, video.fps)
     quality = None
     if target is None:
         quality = int(rate.quality)

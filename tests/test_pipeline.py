@@ -86,6 +86,38 @@ class TestRate:
         assert len(above.bitstream) > target
         assert np.array_equal(tiny_model.decode(result.bitstream).frames, result.reconstruction)
 
+    def test_target_kbps_is_the_bytes_of_that_bitrate(self, tiny_model, real_frames):
+        from glvc.pipeline import bytes_for_kbps
+
+        mid = len(tiny_model.encode(real_frames, 25, quality=30, reconstruct=False).bitstream)
+        kbps = mid * 8 / (9 / 25) / 1000  # the bitrate of quality 30 over these 9 frames at 25 fps
+        by_rate = tiny_model.encode(real_frames, 25, target_kbps=kbps, reconstruct=False)
+        target = bytes_for_kbps(kbps, 9, 25)
+        assert target in (mid, mid - 1)  # float rounding may cost a byte
+        by_bytes = tiny_model.encode(real_frames, 25, target_bytes=target, reconstruct=False)
+        assert by_rate.report.target_bytes == by_bytes.report.target_bytes == target
+        assert by_rate.bitstream == by_bytes.bitstream and len(by_rate.bitstream) <= target
+        assert f"(chosen for a target of {target} bytes)" in by_rate.report.summary()
+        assert tiny_model.encode(real_frames, 25, quality=30, reconstruct=False).report.target_bytes is None
+        for bad in ({"quality": 3, "target_kbps": 2.0}, {"target_bytes": 100, "target_kbps": 2.0}, {}):
+            with pytest.raises(ValueError, match="exactly one of quality, target_bytes and target_kbps"):
+                tiny_model.encode(real_frames, 25, **bad)
+        with pytest.raises(ValueError, match="target_kbps must be positive"):
+            tiny_model.encode(real_frames, 25, target_kbps=0.0)
+
+    def test_cli_targets(self, tiny_model, tiny_model_dir, real_frames, tmp_path):
+        clip = os.path.join(os.path.dirname(__file__), "data", "tiny.mp4")
+        size = len(tiny_model.encode(real_frames, 25, quality=30, reconstruct=False).bitstream)
+        for option, value in (("--kilobytes", f"{size / 1000}"), ("--kbps", f"{size * 8 / (9 / 25) / 1000}")):
+            out = tmp_path / f"{option[2:]}.glvc"
+            done = run_cli("encode", clip, str(out), "--model", tiny_model_dir, "--quiet", option, value)
+            assert done.returncode == 0, done.stderr[-500:]
+            assert "(chosen for a target of" in done.stdout and out.stat().st_size <= size
+        both = run_cli("encode", clip, str(tmp_path / "x.glvc"), "--model", tiny_model_dir, "--rate", "3", "--kbps", "2")
+        assert both.returncode == 2 and "not allowed with argument" in both.stderr
+        bad = run_cli("encode", clip, str(tmp_path / "x.glvc"), "--model", tiny_model_dir, "--kbps", "inf")
+        assert bad.returncode == 2 and "must be a positive number" in bad.stderr and "Traceback" not in bad.stderr
+
     def test_report(self, tiny_model, real_frames):
         report = tiny_model.encode(real_frames, 25, quality=20).report
         assert report.frames == 9 and (report.width, report.height) == (64, 48)
