@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -240,8 +241,8 @@ class GLVC:
         """
         if sum(x is not None for x in (quality, target_bytes, target_kbps)) != 1:
             raise ValueError("give exactly one of quality, target_bytes and target_kbps")
-        if target_kbps is not None and not target_kbps > 0:
-            raise ValueError(f"target_kbps must be positive, got {target_kbps}")
+        if target_kbps is not None and not 0 < target_kbps < math.inf:  # NaN fails too
+            raise ValueError(f"target_kbps must be positive and finite, got {target_kbps}")
         if quality is not None and not 0 <= int(quality) <= self.max_quality:
             raise ValueError(f"quality must be in 0 .. {self.max_quality}, got {quality}")
         if target_bytes is not None and target_bytes < 1:

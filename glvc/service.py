@@ -304,12 +304,12 @@ class Rate:
         if self.mode == "quality":
             return None
         if self.mode == "kbps":
-            if not self.kbps or self.kbps <= 0:
-                raise UserError(f"the target bitrate must be positive, got {self.kbps} kbps")
+            if not self.kbps or not 0 < self.kbps < math.inf:  # NaN fails too
+                raise UserError(f"the target bitrate must be a positive number, got {self.kbps} kbps")
             return bytes_for_kbps(self.kbps, frames, fps)
         if self.mode == "kilobytes":
-            if not self.kilobytes or self.kilobytes <= 0:
-                raise UserError(f"the target size must be positive, got {self.kilobytes} kB")
+            if not self.kilobytes or not 0 < self.kilobytes < math.inf:
+                raise UserError(f"the target size must be a positive number, got {self.kilobytes} kB")
             return max(1, int(self.kilobytes * 1000))
         raise UserError(f"unknown rate mode {self.mode!r}; choose one of {RATE_MODES}")
 

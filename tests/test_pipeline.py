@@ -102,8 +102,9 @@ class TestRate:
         for bad in ({"quality": 3, "target_kbps": 2.0}, {"target_bytes": 100, "target_kbps": 2.0}, {}):
             with pytest.raises(ValueError, match="exactly one of quality, target_bytes and target_kbps"):
                 tiny_model.encode(real_frames, 25, **bad)
-        with pytest.raises(ValueError, match="target_kbps must be positive"):
-            tiny_model.encode(real_frames, 25, target_kbps=0.0)
+        for bad_rate in (0.0, -1.0, float("inf"), float("nan")):
+            with pytest.raises(ValueError, match="target_kbps must be positive and finite"):
+                tiny_model.encode(real_frames, 25, target_kbps=bad_rate)
 
     def test_cli_targets(self, tiny_model, tiny_model_dir, real_frames, tmp_path):
         clip = os.path.join(os.path.dirname(__file__), "data", "tiny.mp4")
