@@ -50,11 +50,12 @@ difference matters.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -373,6 +374,28 @@ def _decode(spec: CodecSpec, packets: Iterable[bytes]) -> list[av.VideoFrame]:
     return frames
 
 
+@contextlib.contextmanager
+def scheduling_kept() -> Iterator[None]:
+    """Give the calling thread its scheduling policy and priority back afterwards (Linux).
+
+    SVT-AV1 (libSvtAv1Enc in PyAV 18), run as root, switches the thread that drives it to
+    real-time SCHED_FIFO priority 99 and leaves it so. Every process started from that thread
+    afterwards inherits it: in the test suite the app server and its clients then ran real-time
+    on 2 cores, threads that spin while they wait starved the others, and a CI run stalled for
+    over an hour. Restoring the policy after each encoder's use keeps it to the encoder's own
+    threads, which end with it.
+    """
+    if not hasattr(os, "sched_getscheduler"):
+        yield
+        return
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) != (policy, param.sched_priority):
+            os.sched_setscheduler(0, policy, param)
+
+
 def encode_decode(
     frames: np.ndarray,
     fps: float | Fraction,
@@ -424,39 +447,41 @@ def encode_decode(
     padded = _pad(frames, hc, wc)
     opts = _encoder_options(spec, preset, crf, gop, extra_params, abr=target_kbps is not None)
 
-    t0 = time.perf_counter()
-    enc = av.CodecContext.create(spec.encoder, "w")
-    enc.width, enc.height = wc, hc
-    enc.pix_fmt = "yuv420p"
-    enc.framerate = rate
-    enc.time_base = 1 / rate
-    enc.gop_size = gop
-    enc.max_b_frames = 0
-    enc.colorspace = _AVCOL_SPC_SMPTE170M
-    enc.color_range = _AVCOL_RANGE_MPEG
-    if target_kbps is not None:
-        enc.bit_rate = int(round(target_kbps * 1000))
-    if threads is not None:
-        enc.thread_count = int(threads)
-    enc.options = opts
-    log = _open_checked(enc, opts)
-    packets: list[bytes] = []
-    pts: list[int | None] = []
-    keyframes: list[bool] = []
+    # SVT-AV1 switches the calling thread to real-time scheduling and leaves it so (scheduling_kept)
+    with scheduling_kept():
+        t0 = time.perf_counter()
+        enc = av.CodecContext.create(spec.encoder, "w")
+        enc.width, enc.height = wc, hc
+        enc.pix_fmt = "yuv420p"
+        enc.framerate = rate
+        enc.time_base = 1 / rate
+        enc.gop_size = gop
+        enc.max_b_frames = 0
+        enc.colorspace = _AVCOL_SPC_SMPTE170M
+        enc.color_range = _AVCOL_RANGE_MPEG
+        if target_kbps is not None:
+            enc.bit_rate = int(round(target_kbps * 1000))
+        if threads is not None:
+            enc.thread_count = int(threads)
+        enc.options = opts
+        log = _open_checked(enc, opts)
+        packets: list[bytes] = []
+        pts: list[int | None] = []
+        keyframes: list[bool] = []
 
-    def take(pkts):
-        for p in pkts:
-            packets.append(bytes(p))
-            pts.append(p.pts)
-            keyframes.append(bool(p.is_keyframe))
+        def take(pkts):
+            for p in pkts:
+                packets.append(bytes(p))
+                pts.append(p.pts)
+                keyframes.append(bool(p.is_keyframe))
 
-    for i, f in enumerate(padded):
-        vf = _rgb_to_yuv_frame(f)
-        vf.pts = i
-        take(enc.encode(vf))
-    take(enc.encode(None))
-    encode_seconds = time.perf_counter() - t0
-    del enc
+        for i, f in enumerate(padded):
+            vf = _rgb_to_yuv_frame(f)
+            vf.pts = i
+            take(enc.encode(vf))
+        take(enc.encode(None))
+        encode_seconds = time.perf_counter() - t0
+        del enc
 
     t1 = time.perf_counter()
     dec_frames = _decode(spec, packets)

@@ -46,6 +46,22 @@ def build_tiny_model(seed: int = 0):
     return GLVC(Tokenizer(vae), codec)
 
 
+@pytest.fixture(autouse=True)
+def _scheduling_policy_unchanged():
+    """Every test leaves this thread's scheduling policy as it found it. SVT-AV1 once left it
+    real-time (SCHED_FIFO 99, as root); every process the tests started afterwards (the app
+    server, its clients, chromium) inherited that and a CI run stalled (glvc.baselines.scheduling_kept)."""
+    if not hasattr(os, "sched_getscheduler"):
+        yield
+        return
+    before = (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority)
+    yield
+    after = (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority)
+    if after != before:
+        os.sched_setscheduler(0, before[0], os.sched_param(before[1]))
+        pytest.fail(f"the test changed the scheduling policy of the test process (policy, priority) from {before} to {after}")
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     """A tiny random GLVC model saved with save_pretrained, as a Hub snapshot would be."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -128,3 +130,12 @@ def test_yuv420_roundtrip_is_an_upper_bound(clip):
     assert ceiling > 35.0
     r = B.encode_decode(clip, 25, "x265", crf=5)
     assert psnr_rgb(clip, r.decoded).value <= ceiling + 0.5
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="Linux scheduling calls")
+def test_svtav1_leaves_the_threads_scheduling_as_it_was(clip):
+    # as root, SVT-AV1 left the calling thread SCHED_FIFO 99, and every process started from it
+    # afterwards ran real-time (the app server in test_concurrency: a stalled CI run)
+    before = (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority)
+    B.encode_decode(clip, 25, "svtav1", crf=50)
+    assert (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) == before
