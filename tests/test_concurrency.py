@@ -84,9 +84,10 @@ def server(tiny_model_dir, tmp_path_factory):
             time.sleep(1)
     # it inherited this process's scheduling: real-time (left by SVT-AV1 in an earlier test, see
     # glvc.baselines.scheduling_kept) stalled a CI run here for over an hour
-    if hasattr(os, "sched_getscheduler") and os.sched_getscheduler(proc.pid) != os.SCHED_OTHER:
+    policy = os.sched_getscheduler(proc.pid) if hasattr(os, "sched_getscheduler") else os.SCHED_OTHER
+    if policy != os.SCHED_OTHER:
         proc.kill()
-        pytest.fail(f"the app server runs with scheduling policy {os.sched_getscheduler(proc.pid)}, not SCHED_OTHER")
+        pytest.fail(f"the app server runs with scheduling policy {policy}, not SCHED_OTHER")
     # gr.Examples copies the example clips into the cache at start and keeps them there
     info = {"proc": proc, "url": url, "tmp": tmp, "cache": cache, "log": log_path, "cache_at_start": _files(cache)}
     try:
