@@ -43,12 +43,12 @@ CLIENTS = 4
 # allocates) its RSS climbed by 100-170 MB over the first concurrent batches and then wandered by
 # +-30 MB (arenas filling), which would hide a leak. With 2 arenas the allocator still grows over
 # the first two batches, in either one (seen: +1 then +42 MB in CI, +46 then +12 here), then
-# stays within about 40 MB (+1, +13, +31, +36 in 4 runs here, +22 in CI), so a leak of 1.25 MB
+# stays within about 40 MB (+1, +13, +31, +36 in 4 runs here, +22 in CI), so a leak of 1.7 MB
 # per request or more fails: the 48 requests after the warm-up may add RSS_LEAK_MB.
 WARM_UP_BATCHES = 2
 BATCHES = 8
 RSS_MARGIN_MB = 100  # growth allowed from the single-client level to the end of the warm-up (measured 43-59 MB)
-RSS_LEAK_MB = 60  # growth allowed after the warm-up
+RSS_LEAK_MB = 80  # growth allowed after the warm-up (twice the largest seen)
 START_TIMEOUT = 240
 
 
