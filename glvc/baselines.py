@@ -331,8 +331,12 @@ def _encoder_options(spec: CodecSpec, preset: str, crf: int | float | None, gop:
         opts["crf"] = str(crf)
     if spec.key == "x265":
         params = f"bframes=0:keyint={gop}:scenecut=0:info=0:log-level=error"
-        if extra_params:
-            params += ":" + extra_params
+        # GLVC_X265_PARAMS: x265 parameters for every baseline encode, e.g. "pools=none" (no
+        # thread pool). With its pool, x265 (PyAV 18 wheels) crashed (SIGSEGV at the flush) in 1 of 30 runs of
+        # the tests' sequence of short encodes, 0 of 40 with pools=none; the tests set it.
+        for more in (os.environ.get("GLVC_X265_PARAMS", "").strip(":"), extra_params):
+            if more:
+                params += ":" + more
         opts["x265-params"] = params
     elif spec.key == "svtav1":
         params = "pred-struct=1:scd=0"
