@@ -332,8 +332,9 @@ def _encoder_options(spec: CodecSpec, preset: str, crf: int | float | None, gop:
     if spec.key == "x265":
         params = f"bframes=0:keyint={gop}:scenecut=0:info=0:log-level=error"
         # GLVC_X265_PARAMS: x265 parameters for every baseline encode, e.g. "pools=none" (no
-        # thread pool). With its pool, x265 (PyAV 18 wheels) crashed (SIGSEGV at the flush) in 1 of 30 runs of
-        # the tests' sequence of short encodes, 0 of 40 with pools=none; the tests set it.
+        # thread pool). With its pool, x265 (PyAV 18 wheels) crashed (SIGSEGV at the flush) in
+        # 1 of 30 runs of the tests' sequence of short encodes, 0 of 40 with pools=none; the
+        # tests set it.
         for more in (os.environ.get("GLVC_X265_PARAMS", "").strip(":"), extra_params):
             if more:
                 params += ":" + more
