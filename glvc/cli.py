@@ -81,8 +81,10 @@ def cmd_encode(args) -> int:
     model = _load_model(args)
     progress = _Progress("encode", not args.quiet)
     try:
+        from .pipeline import bytes_for_kilobytes  # here: torch is imported with the model, after the input is checked
+
         rate = {"target_kbps": args.kbps} if args.kbps is not None else (
-            {"target_bytes": max(1, int(args.kilobytes * 1000))} if args.kilobytes is not None else {"quality": args.rate})
+            {"target_bytes": bytes_for_kilobytes(args.kilobytes)} if args.kilobytes is not None else {"quality": args.rate})
         result = model.encode(itertools.chain([first], frames), video.fps, refresh_period=args.refresh,
                               reconstruct=False, progress=progress, **rate)
     finally:

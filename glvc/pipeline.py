@@ -102,6 +102,11 @@ def bytes_for_kbps(kbps: float, frames: int, fps: float | Fraction) -> int:
     return max(1, int(kbps * 1000 / 8 * (frames / float(fps))))
 
 
+def bytes_for_kilobytes(kilobytes: float) -> int:
+    """``kilobytes`` (1 kB = 1000 bytes) as a byte count, at least 1."""
+    return max(1, int(kilobytes * 1000))
+
+
 def _to_pixels(frames: np.ndarray) -> torch.Tensor:
     """(n, H, W, 3) uint8 -> (1, 3, n, H, W) float32 in [-1, 1]."""
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).unsqueeze(0)

@@ -44,7 +44,7 @@ import torch
 from . import bitstream
 from .bitstream import BitstreamError
 from .cli import default_model
-from .pipeline import GLVC, ModelLoadError, bytes_for_kbps
+from .pipeline import GLVC, ModelLoadError, bytes_for_kbps, bytes_for_kilobytes
 from .video_io import Video, VideoError, read_video, write_video
 
 # ---------------------------------------------------------------------------------------------
@@ -310,7 +310,7 @@ class Rate:
         if self.mode == "kilobytes":
             if not self.kilobytes or not 0 < self.kilobytes < math.inf:
                 raise UserError(f"the target size must be a positive number, got {self.kilobytes} kB")
-            return max(1, int(self.kilobytes * 1000))
+            return bytes_for_kilobytes(self.kilobytes)
         raise UserError(f"unknown rate mode {self.mode!r}; choose one of {RATE_MODES}")
 
 
