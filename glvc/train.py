@@ -75,6 +75,7 @@ DEFAULT_CONFIG = {
         "size": 256,
         "minutes": None,
         "lr": 2e-4,
+        "rate_lr": None,  # learning rate of the anchors' log quantisation scales and hyper gains (None = lr)
         "warmup": 100,
         "aux_lr": 1e-3,
     },
@@ -458,9 +459,7 @@ def train_codec(cfg: dict, rt: Runtime, data, logger: Logger, vae):
     torch.manual_seed(cfg["seed"] + 1)
     tok = Tokenizer(vae, device=rt.device)
     if ccfg.get("init_from"):  # fine-tune an exported codec (new lambdas or a new tokenizer)
-        codec = LatentCodec.from_pretrained(ccfg["init_from"])
-        if ccfg["config"]:
-            codec.register_to_config(**ccfg["config"])
+        codec = LatentCodec.from_pretrained(ccfg["init_from"], config_overrides=ccfg["config"])
         codec = codec.to(rt.device).train()
         codec.requires_grad_(True)
     else:
@@ -468,7 +467,15 @@ def train_codec(cfg: dict, rt: Runtime, data, logger: Logger, vae):
     latents = LatentCache.build(ccfg["latent_cache"], tok, data, os.path.join(cfg["output_dir"], "latents.pt"), rt) if ccfg.get("latent_cache") else None
     main_params = [p for n, p in codec.named_parameters() if not n.endswith(".quantiles")]
     aux_params = [p for n, p in codec.named_parameters() if n.endswith(".quantiles")]
-    opt = torch.optim.AdamW(main_params, lr=ccfg["lr"], weight_decay=0.0)
+    # the per-anchor log scales and gains move the rate a long way; `rate_lr` lets them move faster
+    rate_names = ("log_quant_scale", "log_hyper_gain")
+    rate_params = [p for n, p in codec.named_parameters() if n in rate_names]
+    other_params = [p for n, p in codec.named_parameters() if n not in rate_names and not n.endswith(".quantiles")]
+    rate_lr_factor = (ccfg.get("rate_lr") or ccfg["lr"]) / ccfg["lr"]
+    opt = torch.optim.AdamW(
+        [{"params": other_params, "lr_factor": 1.0}, {"params": rate_params, "lr_factor": rate_lr_factor}],
+        lr=ccfg["lr"], weight_decay=0.0,
+    )
     opt_aux = torch.optim.Adam(aux_params, lr=ccfg["aux_lr"])
     model = rt.wrap(_CodecUnroll(codec))
     levels = codec.max_quality
@@ -478,7 +485,7 @@ def train_codec(cfg: dict, rt: Runtime, data, logger: Logger, vae):
     def step_fn(step: int, progress: float) -> dict:
         lr = lr_at(step, ccfg["lr"], ccfg["warmup"], progress)
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_factor"]
         if latents is not None:
             z = latents.sample(ccfg["batch"])
         else:

@@ -1,4 +1,4 @@
-"""The one output step of the measuring scripts (fuzz.py, long_clip.py, determinism.py)."""
+"""The one output step of the measuring scripts (fuzz.py, long_clip.py, determinism.py, codec_sweep.py)."""
 
 from __future__ import annotations
 

@@ -67,3 +67,40 @@ def test_training_forward_gives_gradients_and_bits():
     assert model.log_quant_scale.grad is not None and model.analysis[0].weight.grad is not None
     out2 = model(z, out["state"], torch.tensor([10.0, 10.0]))
     assert out2["state"].frames_since_refresh == 2
+
+
+class TestHyperGain:
+    """``hyper_gain``: a per-anchor gain on the hyper-latent, so its cost follows the quality index."""
+
+    def test_unit_gain_codes_exactly_like_the_model_without_it(self, codec, tmp_path):
+        codec.save_pretrained(str(tmp_path))
+        gained = LatentCodec.from_pretrained(str(tmp_path), config_overrides={"hyper_gain": True})
+        assert gained.config.hyper_gain and torch.equal(gained.log_hyper_gain, torch.zeros(4, TINY_CODEC["hyper_channels"]))
+        z = torch.randn(1, 16, 8, 12)
+        assert gained.compress_frame(z, gained.initial_state(), 20)[0] == codec.compress_frame(z, codec.initial_state(), 20)[0]
+
+    def test_a_small_gain_removes_the_side_information_and_still_decodes(self, codec, tmp_path):
+        codec.save_pretrained(str(tmp_path))
+        gained = LatentCodec.from_pretrained(str(tmp_path), config_overrides={"hyper_gain": True})
+        torch.manual_seed(3)
+        z1, z2 = torch.randn(1, 16, 16, 16) * 3, torch.randn(1, 16, 16, 16) * 3
+
+        def hyper_string(z, quality):
+            payload = gained.compress_frame(z, gained.initial_state(), quality)[0]
+            return payload[1 : 1 + payload[0]]  # after its length (a one-byte varint at this size)
+
+        with torch.no_grad():
+            gained.log_hyper_gain[:] = 5.0  # a large gain: (this untrained) hyper-latent's values span many bins
+        assert hyper_string(z1, 0) != hyper_string(z2, 0)
+        with torch.no_grad():
+            gained.log_hyper_gain[0] = -8.0  # quality 0 only: every symbol rounds to the median
+        assert hyper_string(z1, 0) == hyper_string(z2, 0)
+        assert hyper_string(z1, 63) != hyper_string(z2, 63)
+        payload, z_enc, _ = gained.compress_frame(z1, gained.initial_state(), 0)
+        z_dec, _ = gained.decompress_frame(payload, gained.initial_state(), 0, (16, 16))
+        assert torch.equal(z_enc, z_dec)
+
+    def test_overrides_that_do_not_fit_the_weights_are_refused(self, codec, tmp_path):
+        codec.save_pretrained(str(tmp_path))
+        with pytest.raises(ValueError, match="do not fit"):
+            LatentCodec.from_pretrained(str(tmp_path), config_overrides={"hyper_channels": TINY_CODEC["hyper_channels"] * 2})

@@ -12,6 +12,8 @@ tokenizer's normalised latent (h = H/8, w = W/8)::
     means, scales = entropy_parameters([hyper_synthesis(hz_hat), context_down(context)])
     s  = quantization_scale(q)   (M,) geometric interpolation between learned anchors
     y_hat = (round(y*s - means*s) + means*s) / s      coded by GaussianConditional(scales*s)
+    (with ``hyper_gain``: hz is coded as hz*g with g = hyper_gain(q) (K,), and
+     hyper_synthesis sees hz_hat/g, so the side information also shrinks at low rates)
     z_hat, features = synthesis(y_hat, context)       (B, C, h, w), (B, N, h, w)
     memory' = memory_update([memory, features])
 
@@ -131,6 +133,9 @@ class LatentCodec(CompressionModel, ConfigMixin):
         num_anchors: learned quantisation-scale vectors; the quality index interpolates between them.
         quality_levels: number of quality indices exposed (0 .. quality_levels - 1).
         anchor_lambdas: rate-distortion trade-off of each anchor, used by training only.
+        hyper_gain: learn a per-anchor gain on the hyper-latent too (a gain unit as in Cui et al.,
+            "Asymmetric Gained Deep Image Compression", CVPR 2021). Without it the hyper-latent
+            costs the same at every quality index and sets a floor under the lowest rate.
     """
 
     config_name = "config.json"
@@ -147,6 +152,7 @@ class LatentCodec(CompressionModel, ConfigMixin):
         num_anchors: int = 4,
         quality_levels: int = 64,
         anchor_lambdas: tuple[float, ...] = (0.5, 2.0, 8.0, 32.0),
+        hyper_gain: bool = False,
     ):
         super().__init__()
         if len(anchor_lambdas) != num_anchors:
@@ -174,6 +180,8 @@ class LatentCodec(CompressionModel, ConfigMixin):
         # log quantisation scale per anchor and channel; higher scale = finer steps = more bits
         anchor_init = torch.linspace(math.log(0.5), math.log(4.0), num_anchors)
         self.log_quant_scale = nn.Parameter(anchor_init[:, None].repeat(1, m))
+        # log gain per anchor and hyper-latent channel; 0 = the hyper-latent coded as it is
+        self.log_hyper_gain = nn.Parameter(torch.zeros(num_anchors, k)) if hyper_gain else None
 
         self.entropy_bottleneck = EntropyBottleneck(k)
         self.gaussian_conditional = GaussianConditional(None)
@@ -188,13 +196,23 @@ class LatentCodec(CompressionModel, ConfigMixin):
         quality = torch.as_tensor(quality, dtype=torch.float32)
         return quality.clamp(0, self.max_quality) / self.max_quality * (self.config.num_anchors - 1)
 
-    def quantization_scale(self, quality: torch.Tensor | float) -> torch.Tensor:
-        """(B,) or scalar quality -> (B, M, 1, 1) scale, geometric interpolation between anchors."""
-        pos = self.anchor_position(quality).to(self.log_quant_scale.device).reshape(-1)
+    def _interpolate_anchors(self, log_table: torch.Tensor, quality: torch.Tensor | float) -> torch.Tensor:
+        """(B,) or scalar quality -> (B, D, 1, 1): geometric interpolation between the rows of ``log_table`` (A, D)."""
+        pos = self.anchor_position(quality).to(log_table.device).reshape(-1)
         low = pos.floor().clamp(max=self.config.num_anchors - 2).long()
         frac = (pos - low.float()).unsqueeze(1)
-        log_s = (1 - frac) * self.log_quant_scale[low] + frac * self.log_quant_scale[low + 1]
+        log_s = (1 - frac) * log_table[low] + frac * log_table[low + 1]
         return log_s.exp()[:, :, None, None]
+
+    def quantization_scale(self, quality: torch.Tensor | float) -> torch.Tensor:
+        """(B,) or scalar quality -> (B, M, 1, 1) scale, geometric interpolation between anchors."""
+        return self._interpolate_anchors(self.log_quant_scale, quality)
+
+    def hyper_gain(self, quality: torch.Tensor | float) -> torch.Tensor | None:
+        """(B,) or scalar quality -> (B, K, 1, 1) gain on the hyper-latent, or None without ``hyper_gain``."""
+        if self.log_hyper_gain is None:
+            return None
+        return self._interpolate_anchors(self.log_hyper_gain, quality)
 
     def rd_lambda(self, quality: torch.Tensor | float) -> torch.Tensor:
         """Training trade-off for a quality index, geometric interpolation between anchor lambdas."""
@@ -222,7 +240,16 @@ class LatentCodec(CompressionModel, ConfigMixin):
         if h % self.spatial_stride or w % self.spatial_stride:
             raise ValueError(f"latent size {w}x{h} must be a multiple of {self.spatial_stride}: pad the video")
 
-    def _entropy_params(self, hz_hat: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _hyper_latent(self, y: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:
+        """y (B, M, h/2, w/2) -> the hyper-latent as coded (B, K, h/4, w/4), gained when the model has a gain."""
+        hz = self.hyper_analysis(y)
+        return hz if gain is None else hz * gain
+
+    def _entropy_params(
+        self, hz_hat: torch.Tensor, context: torch.Tensor, gain: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoded hyper-latent (as coded) and context -> means, scales of y (B, M, h/2, w/2)."""
+        hz_hat = hz_hat if gain is None else hz_hat / gain
         params = self.entropy_parameters(torch.cat([self.hyper_synthesis(hz_hat), self.context_down(context)], 1))
         means, scales = params.chunk(2, dim=1)
         return means, F.softplus(scales)
@@ -244,11 +271,12 @@ class LatentCodec(CompressionModel, ConfigMixin):
         memory = self._memory(state, z)
         context = self.context_net(memory)
         y = self.analysis(torch.cat([z, context], 1))
-        hz = self.hyper_analysis(y)
+        gain = self.hyper_gain(quality)
+        hz = self._hyper_latent(y, gain)
         hz_noisy, hz_likelihood = self.entropy_bottleneck(hz)
         medians = self.entropy_bottleneck._get_medians().detach().view(1, -1, 1, 1)
         hz_hat = hz + ((hz - medians).round() + medians - hz).detach()  # straight-through rounding
-        means, scales = self._entropy_params(hz_hat, context)
+        means, scales = self._entropy_params(hz_hat, context, gain)
         s = self.quantization_scale(quality)
         y_s, means_s = y * s, means * s
         _, y_likelihood = self.gaussian_conditional(y_s, scales * s, means_s)
@@ -269,11 +297,12 @@ class LatentCodec(CompressionModel, ConfigMixin):
             memory = self._memory(state, z)
             context = self.context_net(memory)
             y = self.analysis(torch.cat([z, context], 1))
-            hz = self.hyper_analysis(y)
+            gain = self.hyper_gain(int(quality))
+            hz = self._hyper_latent(y, gain)
             hz_string = self.entropy_bottleneck.compress(hz)[0]
             medians = self.entropy_bottleneck._get_medians().detach().view(1, -1, 1, 1)
             hz_hat = self.entropy_bottleneck.quantize(hz, "dequantize", medians)
-            means, scales = self._entropy_params(hz_hat, context)
+            means, scales = self._entropy_params(hz_hat, context, gain)
             s = self.quantization_scale(int(quality))
             means_s = means * s
             indexes = self.gaussian_conditional.build_indexes(scales * s)
@@ -304,7 +333,7 @@ class LatentCodec(CompressionModel, ConfigMixin):
             hz_hat = self.entropy_bottleneck.decompress([hz_string], shape)
             memory = self._memory(state, hz_hat.new_empty(1, 1, h, w))
             context = self.context_net(memory)
-            means, scales = self._entropy_params(hz_hat, context)
+            means, scales = self._entropy_params(hz_hat, context, self.hyper_gain(int(quality)))
             s = self.quantization_scale(int(quality))
             means_s = means * s
             indexes = self.gaussian_conditional.build_indexes(scales * s)
@@ -326,8 +355,14 @@ class LatentCodec(CompressionModel, ConfigMixin):
         save_file(state, os.path.join(directory, WEIGHTS_NAME))
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, subfolder: str | None = None, **hub_kwargs) -> "LatentCodec":
-        """Load from a local folder or a Hub repository (``config.json`` + ``model.safetensors``)."""
+    def from_pretrained(
+        cls, name_or_path: str, subfolder: str | None = None, config_overrides: dict | None = None, **hub_kwargs
+    ) -> "LatentCodec":
+        """Load from a local folder or a Hub repository (``config.json`` + ``model.safetensors``).
+
+        ``config_overrides`` (for fine-tuning) replaces config entries; parameters that the new
+        config adds and the stored weights lack (e.g. ``log_hyper_gain``) keep their initial
+        values, any other mismatch is an error."""
         folder = os.path.join(name_or_path, subfolder) if subfolder else name_or_path
         if os.path.isdir(folder):
             config_path = os.path.join(folder, cls.config_name)
@@ -338,8 +373,21 @@ class LatentCodec(CompressionModel, ConfigMixin):
             config_path = hf_hub_download(name_or_path, cls.config_name, subfolder=subfolder, **hub_kwargs)
             weights_path = hf_hub_download(name_or_path, WEIGHTS_NAME, subfolder=subfolder, **hub_kwargs)
         config = cls.load_config(config_path)
-        model = cls.from_config(config)
-        model.load_state_dict(load_file(weights_path))
+        model = cls.from_config({**config, **(config_overrides or {})})
+        if config_overrides:
+            stored = load_file(weights_path)
+            try:
+                missing, unexpected = model.load_state_dict(stored, strict=False)
+            except RuntimeError as e:  # shapes differ
+                raise ValueError(f"weights in {name_or_path} do not fit the overridden config {config_overrides}: {e}") from None
+            added = {name for name, _ in model.named_parameters()} - set(stored)
+            if unexpected or set(missing) - added:
+                raise ValueError(
+                    f"weights in {name_or_path} do not fit the overridden config: missing {sorted(set(missing) - added)}, "
+                    f"unexpected {sorted(unexpected)}"
+                )
+        else:
+            model.load_state_dict(load_file(weights_path))
         if model.entropy_bottleneck._quantized_cdf.numel() == 0:
             model.prepare_entropy_coders()
         return model.eval()
