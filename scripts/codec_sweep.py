@@ -12,7 +12,9 @@ Usage (about 10 minutes for two codecs, five rates and the two validation clips 
         --codec runs/codec_rate_range/model/codec --qualities 0 16 32 48 63 --max-frames 33 \\
         --out docs/results/codec_sweep.json
 
-``--model`` names the GLVC folder whose tokenizer (and tokenizer segment) is used.
+``--model`` names the GLVC folder whose tokenizer (and tokenizer segment) is used. With
+``--latent-only`` nothing is decoded to pixels: bytes and the latents' mean squared error only
+(a few seconds per codec and rate instead of a tokenizer decode each).
 """
 
 from __future__ import annotations
@@ -45,14 +47,15 @@ def _decode_pixels(model: GLVC, analysis: _Analysis, latents: list) -> np.ndarra
     return np.concatenate(out)
 
 
-def sweep_clip(model: GLVC, codecs: dict[str, LatentCodec], frames: np.ndarray, fps, qualities: list[int]) -> dict:
+def sweep_clip(model: GLVC, codecs: dict[str, LatentCodec], frames: np.ndarray, fps, qualities: list[int],
+               latent_only: bool = False) -> dict:
     from fractions import Fraction
 
     fps = Fraction(fps).limit_denominator(1001)
     analysis = _Analysis()
     latents = list(model._analyze(iter(frames), analysis, _Timer()))
     pixels = frames.shape[0] * frames.shape[1] * frames.shape[2]
-    ceiling = psnr_rgb(frames, _decode_pixels(model, analysis, latents)).value
+    ceiling = None if latent_only else psnr_rgb(frames, _decode_pixels(model, analysis, latents)).value
     rows = []
     for name, codec in codecs.items():
         model.codec = codec
@@ -60,11 +63,17 @@ def sweep_clip(model: GLVC, codecs: dict[str, LatentCodec], frames: np.ndarray, 
             start = time.perf_counter()
             coded = list(model._code(latents, q, 0, _Timer()))
             data = bitstream.pack(model._header(analysis, fps, q, 0), [unit for unit, _, _ in coded])
-            decoded = _decode_pixels(model, analysis, [(z_hat, real) for _, z_hat, real in coded])
-            rows.append({"codec": name, "quality": q, "bytes": len(data), "bpp": round(8 * len(data) / pixels, 5),
-                         "psnr": round(psnr_rgb(frames, decoded).value, 3), "seconds": round(time.perf_counter() - start, 1)})
-            print(f"  {name} q{q}: {len(data)} bytes, {rows[-1]['bpp']} bpp, {rows[-1]['psnr']} dB", flush=True)
-    return {"tokenizer_psnr": round(ceiling, 3), "rows": rows}
+            latent_mse = float(np.mean([(z_hat - z).pow(2).mean().item() for (_, z_hat, _), (z, _) in zip(coded, latents)]))
+            row = {"codec": name, "quality": q, "bytes": len(data), "bpp": round(8 * len(data) / pixels, 5),
+                   "latent_mse": round(latent_mse, 5)}
+            if not latent_only:
+                decoded = _decode_pixels(model, analysis, [(z_hat, real) for _, z_hat, real in coded])
+                row["psnr"] = round(psnr_rgb(frames, decoded).value, 3)
+            row["seconds"] = round(time.perf_counter() - start, 1)
+            rows.append(row)
+            print(f"  {name} q{q}: {len(data)} bytes, {row['bpp']} bpp, latent MSE {row['latent_mse']}, "
+                  f"{row.get('psnr', '-')} dB", flush=True)
+    return {"tokenizer_psnr": None if ceiling is None else round(ceiling, 3), "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--codec", action="append", required=True, help="a latent codec folder (repeat to compare)")
     p.add_argument("--qualities", type=int, nargs="+", default=[0, 16, 32, 48, 63], help="quality indices")
     p.add_argument("--max-frames", type=int, default=33, help="frames per clip")
+    p.add_argument("--latent-only", action="store_true", help="bytes and latent MSE only, no pixel decode")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args(argv)
     model = GLVC.from_pretrained(args.model)
@@ -82,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     for src in discover_clips(args.clips):
         clip = load_clip(src, args.max_frames)
         print(f"{clip.name}: {clip.num_frames} frames {clip.width}x{clip.height}", flush=True)
-        result["clips"][clip.name] = sweep_clip(model, codecs, clip.frames, clip.fps, args.qualities)
-        print(f"  tokenizer alone: {result['clips'][clip.name]['tokenizer_psnr']} dB", flush=True)
+        result["clips"][clip.name] = sweep_clip(model, codecs, clip.frames, clip.fps, args.qualities, args.latent_only)
+        if not args.latent_only:
+            print(f"  tokenizer alone: {result['clips'][clip.name]['tokenizer_psnr']} dB", flush=True)
     print_and_save(result, args.out)
     return 0
 
