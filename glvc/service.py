@@ -43,7 +43,7 @@ import torch
 
 from . import bitstream
 from .bitstream import BitstreamError
-from .cli import default_model
+from .defaults import default_model
 from .pipeline import GLVC, ModelLoadError, bytes_for_kbps, bytes_for_kilobytes
 from .video_io import Video, VideoError, read_video, write_video
 
@@ -211,8 +211,7 @@ def model_status(key: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # rate table
 
-RATE_TABLE_NAME = "rate_table.json"
-RATE_TABLE_VERSION = 1
+from .ratetable import RATE_TABLE_NAME, RATE_TABLE_VERSION  # noqa: E402  (measured by glvc.ratetable)
 
 
 @dataclass(frozen=True)
@@ -602,8 +601,8 @@ def encode_clip(
         f"{report.bytes:,} bytes, {report.kbps:.1f} kbps, {report.bits_per_pixel:.4f} bpp, "
         f"PSNR {_metric_cell(scores['psnr'])}; encode {glvc_seconds:.1f} s"
     )
-    if target is not None and report.bytes > target:
-        status += f". Even quality 0 needs {report.bytes:,} bytes, above the target"
+    if report.target_note():
+        status += f". Note: {report.target_note()}"
     if x265 is not None:
         status += f". x265 CRF {x265_crf}: {x265.bitstream_bytes:,} bytes, PSNR {_metric_cell(x265_scores['psnr'])}"
         if x265.bitstream_bytes > report.bytes:
