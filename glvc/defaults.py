@@ -58,3 +58,16 @@ def known_model_name(fingerprint: str) -> str | None:
             name = repo_relative(folder)
             return f"the bundled model, {name}" if folder == DEFAULT_MODEL else name
     return None
+
+
+def normal_file_modes(folder: str) -> None:
+    """Give the files under ``folder`` the modes the process's umask gives new files (0644 under the
+    usual 022). safetensors writes its files 0600 (through a private temporary file), which would
+    make an exported model unreadable to other users of the machine or a server."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)

@@ -212,6 +212,9 @@ class GLVC:
         with open(os.path.join(directory, GLVC_CONFIG_NAME), "w") as f:
             json.dump(config, f, indent=2)
         self.codec.save_pretrained(os.path.join(directory, "codec"))
+        from .defaults import normal_file_modes
+
+        normal_file_modes(directory)  # safetensors writes 0600
 
     @property
     def fingerprint(self) -> bytes:
