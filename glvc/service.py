@@ -135,8 +135,10 @@ MODEL_CHOICES: dict[str, ModelChoice] = {
     "wan21": ModelChoice(
         "wan21",
         f"GLVC Wan2.1 (paper scale, {PAPER_MODEL_ID})",
-        f"Wan2.1's 127M-parameter VAE as tokenizer plus a latent codec, fetched from the Hub "
-        f"({PAPER_MODEL_ID}, not published yet). Needs a GPU: on 2 CPU cores the VAE alone runs at about 0.13 frames per second.",
+        f"Wan2.1's 127M-parameter VAE as tokenizer plus a latent codec, fetched from the Hub as {PAPER_MODEL_ID}. "
+        "**Not published anywhere yet**, so it cannot load even with network: it is made with "
+        "`torchrun -m glvc train --config configs/paper.json` on GPUs with the Hub (see the README, *Training*). "
+        "Needs a GPU: on 2 CPU cores the VAE alone runs at about 0.13 frames per second.",
     ),
 }
 DEFAULT_MODEL_KEY = "default"
