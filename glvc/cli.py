@@ -1,7 +1,9 @@
 """Command line: ``python -m glvc {encode,decode,info,train}``.
 
 User errors (a bad file, a bad stream, a missing model) print one line and exit with
-status 2; no traceback.
+status 2; no traceback. Paths and arguments are checked before the model loads. Results go to
+stdout; progress (glvc.progress) and notes to stderr. The libraries' warnings are filtered in
+``glvc/__main__.py``, the entry point.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import tempfile
 
 from .defaults import default_model, local_max_quality
 from .progress import Progress
+
 
 def _load_model(args):
     from .pipeline import GLVC
