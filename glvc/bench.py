@@ -49,6 +49,9 @@ from typing import Any
 
 import numpy as np
 
+from .defaults import default_model, repo_relative
+from .progress import Progress
+
 DEFAULT_CLIP = os.path.join("examples", "bikes_2s.mp4")
 WARMUP_FRAMES = 5
 
@@ -170,11 +173,9 @@ def run_bench(
     model_name = None
     start = time.perf_counter()
     if model is None:
-        from .cli import default_model
-
         model = default_model()
     if isinstance(model, str):
-        model_name = model
+        model_name = repo_relative(model)
         model = GLVC.from_pretrained(model)
     load_seconds = time.perf_counter() - start
 
@@ -188,13 +189,11 @@ def run_bench(
         model.decode(model.encode(warm, fps, quality, reconstruct=False).bitstream)
         encode_decode(warm, fps, codec="x265", crf=x265_crf if x265_crf is not None else 28, preset=x265_preset)
 
-    from .cli import _Progress
-
     # each timed phase runs ``repeat`` times; the fastest run is reported (all are kept)
     enc_runs, dec_runs, x265_runs = [], [], []
     for i in range(repeat):
         say(f"GLVC encode: {t} frames {w}x{h}, quality {quality} (run {i + 1}/{repeat})")
-        bar = _Progress("GLVC encode", progress)
+        bar = Progress("GLVC encode", progress)
         try:
             with entropy_coder_timer(model.codec) as entropy, PeakRSS() as mem:
                 start, cpu = time.perf_counter(), _cpu()
@@ -203,7 +202,7 @@ def run_bench(
         finally:
             bar.close()
         enc_runs.append({"seconds": seconds, "cpu_seconds": cpu, "entropy": entropy["encode"], "timings": dict(enc.report.timings), "memory": mem.as_dict()})
-        bar = _Progress("GLVC decode", progress)
+        bar = Progress("GLVC decode", progress)
         try:
             with entropy_coder_timer(model.codec) as entropy, PeakRSS() as mem:
                 start, cpu = time.perf_counter(), _cpu()
@@ -243,7 +242,7 @@ def run_bench(
     record: dict[str, Any] = {
         "command": command,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "clip": {"path": clip, "frames": t, "width": w, "height": h, "fps": float(fps), "source_size": list(video.source_size)},
+        "clip": {"path": repo_relative(clip), "frames": t, "width": w, "height": h, "fps": float(fps), "source_size": list(video.source_size)},
         "model": model_name or "<in-memory model>",
         "model_fingerprint": model.fingerprint.hex(),
         "model_load_seconds": load_seconds,

@@ -1,7 +1,9 @@
 """Command line: ``python -m glvc {encode,decode,info,train}``.
 
 User errors (a bad file, a bad stream, a missing model) print one line and exit with
-status 2; no traceback.
+status 2; no traceback. Paths and arguments are checked before the model loads. Results go to
+stdout; progress (glvc.progress) and notes to stderr. The libraries' warnings are filtered in
+``glvc/__main__.py``, the entry point.
 """
 
 from __future__ import annotations
@@ -11,34 +13,10 @@ import json
 import math
 import os
 import sys
+import tempfile
 
-DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "default")
-
-
-def default_model() -> str:
-    return os.environ.get("GLVC_MODEL", DEFAULT_MODEL)
-
-
-class _Progress:
-    """A tqdm bar fed by the pipeline's (done, total) callback."""
-
-    def __init__(self, desc: str, enabled: bool):
-        self.desc = desc
-        self.enabled = enabled
-        self.bar = None
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total or None, desc=self.desc, unit="latent frame", file=sys.stderr)
-        self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+from .defaults import default_model, local_max_quality
+from .progress import Progress
 
 
 def _load_model(args):
@@ -62,11 +40,49 @@ def _positive(text: str) -> float:
     return value
 
 
+def _check_output(path: str) -> None:
+    """Refuse an output path that cannot be written, before any work (a failed write would
+    otherwise come after the whole encode or decode)."""
+    folder = os.path.dirname(path) or "."
+    if os.path.isdir(path):
+        raise ValueError(f"cannot write {path}: it is a folder")
+    if not os.path.isdir(folder):
+        raise ValueError(f"cannot write {path}: the folder {folder} does not exist")
+    try:  # os.access says yes to root on a read-only file system: try it
+        fd, probe = tempfile.mkstemp(prefix=".glvc-write-check-", dir=folder)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        raise ValueError(f"cannot write {path}: the folder {folder} is not writable ({err.strerror})") from err
+
+
+def _read_input(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ValueError(f"cannot read {path}: no such file") from None
+    except OSError as err:
+        raise ValueError(f"cannot read {path}: {err.strerror or err}") from err
+
+
+def _write_output(path: str, data: bytes) -> None:
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as err:
+        raise ValueError(f"cannot write {path}: {err.strerror or err}") from err
+
+
 def cmd_encode(args) -> int:
     import itertools
 
     from .video_io import FrameStream, VideoError
 
+    _check_output(args.output)
+    top = local_max_quality(args.model)
+    if args.kbps is None and args.kilobytes is None and top is not None and not 0 <= args.rate <= top:
+        raise ValueError(f"--rate {args.rate}: this model's quality indices run from 0 to {top}")
     # streamed: frames go through the tokenizer and the codec one latent frame (4 frames) at a
     # time, so memory does not grow with the clip's length
     video = FrameStream(args.input, max_frames=args.max_frames, max_seconds=args.max_seconds, max_height=args.max_height)
@@ -79,7 +95,7 @@ def cmd_encode(args) -> int:
             f"{MAX_ENCODE_PIXELS / 1e6:.1f} MP per frame: pass --max-height 2160 (or lower) to downscale"
         )
     model = _load_model(args)
-    progress = _Progress("encode", not args.quiet)
+    progress = Progress("encode", not args.quiet)
     try:
         from .pipeline import bytes_for_kilobytes  # here: torch is imported with the model, after the input is checked
 
@@ -91,22 +107,27 @@ def cmd_encode(args) -> int:
         progress.close()
     if video.truncated:
         print(f"note: input trimmed to {video.count} frames", file=sys.stderr)
-    with open(args.output, "wb") as f:
-        f.write(result.bitstream)
+    missed = result.report.target_note()
+    if missed:
+        print(f"note: {missed}", file=sys.stderr)
+    _write_output(args.output, result.bitstream)
     print(result.report.summary())
     return 0
 
 
 def cmd_decode(args) -> int:
     from . import bitstream
+
+    # the paths and the header are checked before the model loads
+    _check_output(args.output)
+    data = _read_input(args.input)
+    header = bitstream.unpack_header(data)[0]
+
     from .pipeline import Report, _Timer
     from .video_io import VideoWriter
 
-    with open(args.input, "rb") as f:
-        data = f.read()
-    header = bitstream.unpack_header(data)[0]
     model = _load_model(args)
-    progress = _Progress("decode", not args.quiet)
+    progress = Progress("decode", not args.quiet)
     timer = _Timer()
     # streamed: each latent frame's pixels go to the output as soon as they are decoded; the
     # output appears (renamed from a partial file) only when the whole stream decoded
@@ -129,9 +150,11 @@ def cmd_decode(args) -> int:
                 for chunk in frames:
                     writer.write(chunk)
         os.replace(partial, args.output)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(partial):
             os.remove(partial)
+        if isinstance(err, OSError):  # name the user's path, not the partial file
+            raise ValueError(f"cannot write {args.output}: {err.strerror or err}") from err
         raise
     finally:
         progress.close()
@@ -143,8 +166,7 @@ def cmd_decode(args) -> int:
 def cmd_info(args) -> int:
     from . import bitstream
 
-    with open(args.input, "rb") as f:
-        data = f.read()
+    data = _read_input(args.input)
     container = bitstream.unpack(data)
     h = container.header
     info = {
@@ -192,35 +214,42 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("encode", help="video file -> .glvc bitstream")
-    p.add_argument("input")
-    p.add_argument("output")
+    p.add_argument("input", help="video file (any format FFmpeg reads) or image")
+    p.add_argument("output", help=".glvc file to write (its folder must exist)")
     rate = p.add_mutually_exclusive_group()
     rate.add_argument("--rate", type=int, default=32, help="quality index 0 (smallest) .. 63 (best), default 32")
     rate.add_argument("--kbps", type=_positive, default=None,
-                      help="target bitrate (1 kbps = 1000 bit/s): the encoder picks the highest quality index that fits")
+                      help="target bitrate (1 kbps = 1000 bit/s): the encoder picks the highest quality index that fits; "
+                      "below what quality 0 makes for the clip, quality 0 is used and stderr says so")
     rate.add_argument("--kilobytes", type=_positive, default=None,
-                      help="target .glvc size in kB (1000 bytes): the encoder picks the highest quality index that fits")
+                      help="target .glvc size in kB (1000 bytes): the encoder picks the highest quality index that fits; "
+                      "below what quality 0 makes for the clip, quality 0 is used and stderr says so")
     p.add_argument("--refresh", type=int, default=0, help="reset the temporal memory every N latent frames (0: never)")
-    p.add_argument("--max-frames", type=int, default=None)
-    p.add_argument("--max-seconds", type=float, default=None)
+    p.add_argument("--max-frames", type=int, default=None, help="code at most this many frames (default: all)")
+    p.add_argument("--max-seconds", type=float, default=None, help="code at most this many seconds (default: all)")
     p.add_argument("--max-height", type=int, default=None, help="downscale taller input to this height")
     model_arg(p)
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("decode", help=".glvc bitstream -> mp4 (or .npy of uint8 frames)")
-    p.add_argument("input")
-    p.add_argument("output")
+    p.add_argument("input", help=".glvc file")
+    p.add_argument("output", help="video to write: .mp4 (H.264), or .npy for the exact (T, H, W, 3) uint8 frames")
     model_arg(p)
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("info", help="describe a .glvc bitstream")
-    p.add_argument("input")
+    p.add_argument("input", help=".glvc file")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("train", help="train the tokenizer and the latent codec (runs under torchrun too)")
-    p.add_argument("--config", required=True)
-    p.add_argument("--output-dir", default=None)
-    p.add_argument("--max-minutes", type=float, default=None, help="stop each stage after this long (resumable)")
+    p.add_argument("--config", required=True,
+                   help="JSON training config (configs/default.json, configs/paper.json; keys in the README, "
+                   "defaults in glvc/train.py DEFAULT_CONFIG)")
+    p.add_argument("--output-dir", default=None,
+                   help="run folder, overrides the config's output_dir: checkpoints <dir>/tokenizer.pt and "
+                   "<dir>/codec.pt, logs <dir>/log_<stage>.csv, the exported model <dir>/model")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="pause a stage after it ran this many minutes in this run (checkpointed: the same command resumes)")
     p.set_defaults(func=cmd_train)
 
     from .bench import add_bench_arguments, cmd_bench

@@ -99,6 +99,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from .defaults import default_model, local_max_quality, repo_relative
+from .progress import Progress, is_terminal
+
 CODEC_CHOICES = ("glvc", "x264", "x265", "svtav1")
 DEFAULT_CODECS = ("glvc", "x264", "x265")
 DEFAULT_GLVC_RATES = (0, 16, 32, 48, 63)
@@ -296,8 +299,18 @@ class EvalConfig:
             raise ValueError(f"--count must be 'payload' or 'bitstream', got {self.count!r}")
         if "glvc" in self.codecs and not self.glvc_rates:
             raise ValueError("no GLVC rates given")
+        if "glvc" in self.codecs:
+            from .bitstream import MAX_QUALITY
+
+            _check_glvc_rates(self.glvc_rates, MAX_QUALITY, "the .glvc format's")
         if self.max_frames is not None and self.max_frames < 1:
             raise ValueError(f"--max-frames must be >= 1, got {self.max_frames}")
+
+
+def _check_glvc_rates(rates: Sequence[int], top: int, whose: str) -> None:
+    bad = [q for q in rates if not 0 <= q <= top]
+    if bad:
+        raise ValueError(f"--glvc-rates {' '.join(map(str, bad))}: quality indices run from 0 to {top} ({whose} highest)")
 
 
 def parse_crf_overrides(items: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
@@ -382,46 +395,42 @@ def _base_row(clip: Clip, codec: str, rate_param: str, rate: int, counted: int, 
 
 
 class _Bar:
-    """Outer progress bar over (clip, codec, rate) jobs; total grows as CRFs are chosen."""
+    """Outer progress over (clip, codec, rate) jobs; total grows as CRFs are chosen. A tqdm bar on a
+    terminal; written to a file or a pipe, one plain line per finished point (no escape codes)."""
 
     def __init__(self, total: int, enabled: bool):
         self.bar = None
-        if enabled:
+        self.enabled = enabled
+        self.total, self.n, self.text = total, 0, ""
+        if enabled and is_terminal(sys.stderr):
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc="eval", unit="point", file=sys.stderr, dynamic_ncols=True)
+            self.bar = tqdm(total=total, desc="eval", unit=" points", file=sys.stderr, dynamic_ncols=True)
 
     def describe(self, text: str) -> None:
+        self.text = text
         if self.bar is not None:
             self.bar.set_postfix_str(text, refresh=True)
 
     def add_total(self, n: int) -> None:
+        self.total += n
         if self.bar is not None:
             self.bar.total = (self.bar.total or 0) + n
             self.bar.refresh()
 
     def step(self) -> None:
+        self.n += 1
         if self.bar is not None:
             self.bar.update(1)
+        elif self.enabled:
+            print(f"eval: {self.n}/{self.total} points ({self.text})", file=sys.stderr, flush=True)
 
     def inner(self, desc: str):
-        """A transient bar fed by GLVC's (done, total) progress callback."""
-        if self.bar is None:
+        """A transient display fed by GLVC's (done, total) progress callback; returns (callback, close)."""
+        if not self.enabled:
             return None, lambda: None
-        from tqdm import tqdm
-
-        state: dict[str, Any] = {}
-
-        def callback(done: int, total: int) -> None:
-            if "bar" not in state:
-                state["bar"] = tqdm(total=total or None, desc=desc, unit="latent frame", leave=False, file=sys.stderr, dynamic_ncols=True)
-            state["bar"].update(done - state["bar"].n)
-
-        def close() -> None:
-            if "bar" in state:
-                state["bar"].close()
-
-        return callback, close
+        progress = Progress(desc.strip(), leave=False)
+        return progress, progress.close
 
     def close(self) -> None:
         if self.bar is not None:
@@ -564,11 +573,9 @@ def _load_model(model):
     from .pipeline import GLVC
 
     if model is None:
-        from .cli import default_model
-
         model = default_model()
     if isinstance(model, str):
-        return GLVC.from_pretrained(model), model
+        return GLVC.from_pretrained(model), repo_relative(model)
     return model, getattr(model, "name_or_path", "<in-memory model>")
 
 
@@ -585,6 +592,11 @@ def run_eval(
     """
     cfg = cfg or EvalConfig()
     cfg.validate()
+    if "glvc" in cfg.codecs:  # checked before the model loads (a local folder's config is read alone)
+        name = default_model() if model is None else model
+        top = local_max_quality(name) if isinstance(name, str) else name.max_quality
+        if top is not None:
+            _check_glvc_rates(cfg.glvc_rates, top, "this model's")
     t_start = time.perf_counter()
     cpu_start = _cpu_seconds()
     sources = discover_clips(clips)
@@ -742,7 +754,7 @@ def _config_record(cfg: EvalConfig, sources: Sequence[ClipSource], model_name, f
     return {
         "command": command,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "clips": [{"name": s.name, "path": s.path, "kind": s.kind} for s in sources],
+        "clips": [{"name": s.name, "path": repo_relative(s.path), "kind": s.kind} for s in sources],
         "codecs": list(cfg.codecs),
         "glvc_rates": list(cfg.glvc_rates) if "glvc" in cfg.codecs else [],
         "model": model_name,

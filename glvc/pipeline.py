@@ -74,6 +74,18 @@ class Report:
         out.update(duration=self.duration, bits_per_pixel=self.bits_per_pixel, kbps=self.kbps)
         return out
 
+    def target_note(self) -> str | None:
+        """When a target was asked for and even quality 0 is larger: one sentence that says so and
+        what was made instead (the encoder then uses quality 0, the smallest it can make). Else None."""
+        if self.target_bytes is None or self.bytes <= self.target_bytes:
+            return None
+        target_kbps = 8 * self.target_bytes / self.duration / 1000
+        return (
+            f"the target of {self.target_bytes:,} bytes ({target_kbps:.1f} kbps over this clip) is below what this "
+            f"model can make for this clip: made {self.bytes:,} bytes ({self.kbps:.1f} kbps) at quality {self.quality}, "
+            "its smallest, instead"
+        )
+
     def summary(self) -> str:
         stages = ", ".join(f"{name} {sec:.2f} s" for name, sec in self.timings.items())
         return (
@@ -200,6 +212,9 @@ class GLVC:
         with open(os.path.join(directory, GLVC_CONFIG_NAME), "w") as f:
             json.dump(config, f, indent=2)
         self.codec.save_pretrained(os.path.join(directory, "codec"))
+        from .defaults import normal_file_modes
+
+        normal_file_modes(directory)  # safetensors writes 0600
 
     @property
     def fingerprint(self) -> bytes:
@@ -407,8 +422,15 @@ class GLVC:
         container = bitstream.unpack(data)
         header = container.header
         if header.fingerprint != self.fingerprint:
+            from .defaults import known_model_name
+
+            def named(fingerprint: bytes) -> str:
+                name = known_model_name(fingerprint.hex())
+                return fingerprint.hex() + (f" ({name})" if name else "")
+
             raise BitstreamError(
-                f"stream was made by model {header.fingerprint.hex()}, this decoder is model {self.fingerprint.hex()}"
+                f"stream was made by model {named(header.fingerprint)}, this decoder is model {named(self.fingerprint)}: "
+                "decode it with the model that made it (--model DIR in the command line)"
             )
         if header.segment != self.segment:
             raise BitstreamError(f"stream uses tokenizer segments of {header.segment} latent frames, this model {self.segment}")

@@ -43,7 +43,7 @@ import torch
 
 from . import bitstream
 from .bitstream import BitstreamError
-from .cli import default_model
+from .defaults import default_model
 from .pipeline import GLVC, ModelLoadError, bytes_for_kbps, bytes_for_kilobytes
 from .video_io import Video, VideoError, read_video, write_video
 
@@ -135,8 +135,10 @@ MODEL_CHOICES: dict[str, ModelChoice] = {
     "wan21": ModelChoice(
         "wan21",
         f"GLVC Wan2.1 (paper scale, {PAPER_MODEL_ID})",
-        f"Wan2.1's 127M-parameter VAE as tokenizer plus a latent codec, fetched from the Hub "
-        f"({PAPER_MODEL_ID}, not published yet). Needs a GPU: on 2 CPU cores the VAE alone runs at about 0.13 frames per second.",
+        f"Wan2.1's 127M-parameter VAE as tokenizer plus a latent codec, fetched from the Hub as {PAPER_MODEL_ID}. "
+        "**Not published anywhere yet**, so it cannot load even with network: it is made with "
+        "`torchrun -m glvc train --config configs/paper.json` on GPUs with the Hub (see the README, *Training*). "
+        "Needs a GPU: on 2 CPU cores the VAE alone runs at about 0.13 frames per second.",
     ),
 }
 DEFAULT_MODEL_KEY = "default"
@@ -211,8 +213,7 @@ def model_status(key: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # rate table
 
-RATE_TABLE_NAME = "rate_table.json"
-RATE_TABLE_VERSION = 1
+from .ratetable import RATE_TABLE_NAME, RATE_TABLE_VERSION  # noqa: E402  (measured by glvc.ratetable)
 
 
 @dataclass(frozen=True)
@@ -602,8 +603,8 @@ def encode_clip(
         f"{report.bytes:,} bytes, {report.kbps:.1f} kbps, {report.bits_per_pixel:.4f} bpp, "
         f"PSNR {_metric_cell(scores['psnr'])}; encode {glvc_seconds:.1f} s"
     )
-    if target is not None and report.bytes > target:
-        status += f". Even quality 0 needs {report.bytes:,} bytes, above the target"
+    if report.target_note():
+        status += f". Note: {report.target_note()}"
     if x265 is not None:
         status += f". x265 CRF {x265_crf}: {x265.bitstream_bytes:,} bytes, PSNR {_metric_cell(x265_scores['psnr'])}"
         if x265.bitstream_bytes > report.bytes:

@@ -2,8 +2,9 @@
 
 Runs unchanged as one CPU process or under ``torchrun --nproc_per_node N`` (DDP; NCCL on GPUs,
 Gloo on CPUs). Each stage checkpoints to ``<output_dir>/<stage>.pt`` every
-``checkpoint_every`` steps and resumes from it; a finished stage is skipped. Logs go to
-``<output_dir>/log_<stage>.csv`` (step, seconds, loss terms, bpp, PSNR).
+``checkpoint_every`` steps and resumes from it; a finished stage (exported) is skipped, and says so.
+Logs go to ``<output_dir>/log_<stage>.csv`` (step, seconds of training of that stage so far, counted
+over every resume, loss terms, bpp, PSNR).
 
 Stage 1, tokenizer (``AutoencoderKLWan``, or a pretrained one that is then only measured):
   L1 + ssim_weight * (1 - MS-SSIM) + kl_weight * KL on clips of 1 + 4k frames, and from
@@ -14,7 +15,11 @@ Stage 2, latent codec: the tokenizer is frozen; clips are encoded to latents and
   unrolled over all latent frames with its recurrent memory; loss = bpp + lambda(q) * latent MSE,
   with q drawn per sample and lambda interpolated between the anchors' lambdas (as DCVC-FM).
 
-The exported model (``<output_dir>/model``) is a GLVC folder: ``tokenizer/`` and ``codec/``.
+The exported model (``<output_dir>/model``) is a complete GLVC folder, like the bundled one:
+``tokenizer/`` (or, for a pretrained tokenizer, its name in ``glvc.json``), ``codec/``, ``glvc.json``
+(the tokenizer source and ``tokenizer_segment``) and ``rate_table.json`` (bits per pixel measured at
+the config's ``rate_table`` qualities on the example clips, :mod:`glvc.ratetable`). Files get the
+modes of the umask (safetensors alone writes 0600).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .defaults import normal_file_modes
+
 DEFAULT_CONFIG = {
     "output_dir": "runs/default",
     "seed": 0,
@@ -39,6 +46,11 @@ DEFAULT_CONFIG = {
     "log_every": 20,
     "checkpoint_every": 200,
     "max_minutes": None,  # pause (checkpointed, resumable) after this wall time in one run
+    # latent frames per tokenizer segment, written to the model's glvc.json (GLVC.segment; 0: the whole
+    # clip in one causal pass); None: the codec's latent_cache "segment" if it has one, else 0
+    "tokenizer_segment": None,
+    # measured on the exported model (glvc.ratetable); "clips" None: the example clips; null: not measured
+    "rate_table": {"clips": None, "qualities": [0, 7, 14, 21, 28, 35, 42, 49, 56, 63], "max_height": 240, "max_seconds": 2.0},
     "data": {"root": "data/train_set", "photo_fraction": 0.5},
     "tokenizer": {
         "pretrained": None,  # e.g. {"name_or_path": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "subfolder": "vae"}
@@ -185,12 +197,12 @@ class Logger:
     def __init__(self, directory: str, enabled: bool):
         self.enabled = enabled
         self.directory = directory
-        self.start = time.time()
 
-    def log(self, stage: str, step: int, **values):
+    def log(self, stage: str, step: int, seconds: float, **values):
+        """``seconds``: the stage's training time so far, over all resumes (StageClock.elapsed)."""
         if not self.enabled:
             return
-        row = {"stage": stage, "step": step, "seconds": round(time.time() - self.start, 1)}
+        row = {"stage": stage, "step": step, "seconds": round(seconds, 1)}
         row.update({k: round(float(v), 6) for k, v in values.items()})
         path = os.path.join(self.directory, f"log_{stage}.csv")
         new = not os.path.exists(path)
@@ -288,10 +300,14 @@ def run_stage(name: str, scfg: dict, cfg: dict, rt: Runtime, logger: Logger, ckp
         for key, module in modules.items():
             module.load_state_dict(ckpt[key])
         step, elapsed = ckpt["step"], ckpt.get("elapsed", 0.0)
-        if rt.main:
-            print(f"{name}: resumed at step {step} ({elapsed / 60:.1f} min trained)", flush=True)
     clock = StageClock(scfg, step, elapsed)
     session_start = time.time()
+    if rt.main:
+        where = f"resumed at step {step} ({elapsed / 60:.1f} min trained)" if step else "starting"
+        budget = f" or {scfg['minutes']:g} min of training" if scfg.get("minutes") else ""
+        pause = f"; this run pauses after {cfg['max_minutes']:g} min" if cfg.get("max_minutes") else ""
+        print(f"{name}: {where}; runs to step {clock.steps}{budget}, whichever comes first{pause}; "
+              f"a log line every {cfg['log_every']} steps, a checkpoint every {cfg['checkpoint_every']}", flush=True)
 
     def save():
         if rt.main:
@@ -305,7 +321,7 @@ def run_stage(name: str, scfg: dict, cfg: dict, rt: Runtime, logger: Logger, ckp
         values = step_fn(clock.step, clock.progress)
         clock.step += 1
         if clock.step % cfg["log_every"] == 0 or clock.done:
-            logger.log(name, clock.step, **{k: rt.mean(v) for k, v in values.items()})
+            logger.log(name, clock.step, clock.elapsed, **{k: rt.mean(v) for k, v in values.items()})
         paused = bool(cfg.get("max_minutes")) and time.time() - session_start > 60 * cfg["max_minutes"]
         if clock.step % cfg["checkpoint_every"] == 0 or clock.done or paused:
             save()
@@ -324,8 +340,12 @@ def train_tokenizer(cfg: dict, rt: Runtime, data, logger: Logger):
     out = os.path.join(cfg["output_dir"], "model", "tokenizer")
     if tcfg.get("pretrained"):
         src = tcfg["pretrained"]
+        if rt.main:
+            print(f"tokenizer: pretrained ({src['name_or_path']}), not trained", flush=True)
         return AutoencoderKLWan.from_pretrained(src["name_or_path"], subfolder=src.get("subfolder"), torch_dtype=torch.float32)
     if os.path.isfile(os.path.join(out, "config.json")):
+        if rt.main:
+            print(f"tokenizer: already trained and exported to {out}: skipped (remove that folder to train it again)", flush=True)
         return AutoencoderKLWan.from_pretrained(out, torch_dtype=torch.float32)
     torch.manual_seed(cfg["seed"])
     if tcfg.get("init_from"):  # fine-tune an exported tokenizer (e.g. on longer clips)
@@ -379,6 +399,7 @@ def train_tokenizer(cfg: dict, rt: Runtime, data, logger: Logger):
         # float16 weights: half the size; loaded back as float32 (the values are exactly representable)
         vae.to(torch.float16).save_pretrained(out)
         vae.to(torch.float32)
+        normal_file_modes(out)
     rt.barrier()
     return AutoencoderKLWan.from_pretrained(out, torch_dtype=torch.float32).to(rt.device)
 
@@ -455,6 +476,8 @@ def train_codec(cfg: dict, rt: Runtime, data, logger: Logger, vae):
     ccfg = cfg["codec"]
     out = os.path.join(cfg["output_dir"], "model", "codec")
     if os.path.isfile(os.path.join(out, "config.json")):
+        if rt.main:
+            print(f"codec: already trained and exported to {out}: skipped (remove that folder to train it again)", flush=True)
         return LatentCodec.from_pretrained(out)
     torch.manual_seed(cfg["seed"] + 1)
     tok = Tokenizer(vae, device=rt.device)
@@ -518,6 +541,7 @@ def train_codec(cfg: dict, rt: Runtime, data, logger: Logger, vae):
     codec.eval()
     if rt.main:
         codec.cpu().save_pretrained(out)
+        normal_file_modes(out)
     rt.barrier()
     return codec
 
@@ -530,7 +554,16 @@ def train(cfg: dict) -> str | None:
     random.seed(cfg["seed"] + rt.rank)
     os.makedirs(cfg["output_dir"], exist_ok=True)
     if rt.main:
-        with open(os.path.join(cfg["output_dir"], "config.json"), "w") as f:
+        config_path = os.path.join(cfg["output_dir"], "config.json")
+        if os.path.isfile(config_path):
+            with open(config_path) as f:
+                changed = changed_keys(json.load(f), cfg)
+            if changed:
+                print(f"note: the config differs from the one {cfg['output_dir']} last ran with ({', '.join(changed)}): "
+                      "a stage already exported is kept as it is (remove <output_dir>/model/<stage>, or use a new "
+                      "--output-dir, to train it again); a stage in progress resumes from its checkpoint with the new values",
+                      flush=True)
+        with open(config_path, "w") as f:
             json.dump(cfg, f, indent=2)
     data = TrainSet(cfg["data"]["root"], device=rt.device, seed=cfg["seed"] + rt.rank,
                     **{k: v for k, v in cfg["data"].items() if k != "root"})
@@ -539,11 +572,71 @@ def train(cfg: dict) -> str | None:
     if vae is None:
         return None
     vae = vae.to(rt.device).eval().requires_grad_(False)
-    if cfg["tokenizer"].get("pretrained") and rt.main:
-        os.makedirs(os.path.join(cfg["output_dir"], "model"), exist_ok=True)
-        with open(os.path.join(cfg["output_dir"], "model", "glvc.json"), "w") as f:
-            json.dump({"tokenizer": cfg["tokenizer"]["pretrained"]}, f, indent=2)
     codec = train_codec(cfg, rt, data, logger, vae)
     if codec is None:
         return None
-    return os.path.join(cfg["output_dir"], "model")
+    folder = os.path.join(cfg["output_dir"], "model")
+    if rt.main:
+        export_model_files(cfg, folder, rt.device)
+    rt.barrier()
+    return folder
+
+
+def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two configs (``max_minutes`` and ``output_dir`` left out:
+    they say how and where this run goes, not what it trains)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if not prefix and key in ("max_minutes", "output_dir"):
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(prefix + key)
+    return out
+
+
+def tokenizer_segment(cfg: dict) -> int:
+    """The ``tokenizer_segment`` of the exported model (see DEFAULT_CONFIG)."""
+    if cfg.get("tokenizer_segment") is not None:
+        return int(cfg["tokenizer_segment"])
+    return int((cfg["codec"].get("latent_cache") or {}).get("segment", 0))
+
+
+def export_model_files(cfg: dict, folder: str, device) -> None:
+    """Write what the model folder needs beside ``tokenizer/`` and ``codec/``: ``glvc.json`` and
+    ``rate_table.json`` (measured with :func:`glvc.ratetable.write_rate_table` unless the config's
+    ``rate_table`` is null; kept when it was measured on this very model)."""
+    from .defaults import RATE_TABLE_NAME
+    from .pipeline import GLVC_CONFIG_NAME, GLVC
+    from .ratetable import RATE_TABLE_VERSION, write_rate_table
+
+    config = {"tokenizer_segment": tokenizer_segment(cfg)}
+    if cfg["tokenizer"].get("pretrained"):
+        config["tokenizer"] = cfg["tokenizer"]["pretrained"]
+    with open(os.path.join(folder, GLVC_CONFIG_NAME), "w") as f:
+        json.dump(config, f, indent=2)
+    spec = cfg.get("rate_table")
+    path = os.path.join(folder, RATE_TABLE_NAME)
+    if not spec:
+        print(f"rate table: not measured (the config's rate_table is null); python scripts/rate_table.py --model {folder} "
+              "measures it", flush=True)
+        return
+    model = GLVC.from_pretrained(folder, device=device)
+    if os.path.isfile(path):
+        with open(path) as f:
+            try:
+                old = json.load(f)
+            except ValueError:
+                old = {}
+        if old.get("version") == RATE_TABLE_VERSION and old.get("model_fingerprint") == model.fingerprint.hex() \
+                and old.get("qualities") == sorted({int(q) for q in spec["qualities"]}):
+            print(f"rate table: {path} already measured on this model: kept", flush=True)
+            return
+    clips = spec.get("clips")
+    print(f"rate table: measuring {len(clips) if clips else 'the 3 example'} clips at {len(spec['qualities'])} quality "
+          f"indices ({spec['max_height']}p, {spec['max_seconds']:g} s)", flush=True)
+    write_rate_table(model, path, clips, spec["qualities"], spec["max_height"], spec["max_seconds"],
+                     command="python -m glvc train (the config's rate_table)", log=lambda line: print(f"rate table: {line}", flush=True))
+    normal_file_modes(folder)

@@ -93,7 +93,7 @@ def check(model, model_dir: str, workdir: str, height: int = 64, clips=CLIPS) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    from glvc.cli import default_model
+    from glvc.defaults import default_model
     from glvc.pipeline import GLVC
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

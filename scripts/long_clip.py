@@ -145,7 +145,7 @@ def measure(model: str, seconds: list[float], height: int, workdir: str, quality
 
 
 def main(argv: list[str] | None = None) -> int:
-    from glvc.cli import default_model
+    from glvc.defaults import default_model
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="GLVC model folder (default: the bundled model)")

@@ -95,13 +95,21 @@ class TestEncodeDecode:
         assert np.array_equal(first, second)
 
     # the bundled model codes this 86x64x9 clip in about 210 (quality 0) to 360 bytes (quality 63)
-    @pytest.mark.parametrize("mode, kbps, kilobytes", [("kbps", 2.4, 25.0), ("kilobytes", 150.0, 0.3)])
+    # (0.1 kB: below quality 0, which the status line must say)
+    @pytest.mark.parametrize("mode, kbps, kilobytes", [("kbps", 2.4, 25.0), ("kilobytes", 150.0, 0.3), ("kilobytes", 150.0, 0.1)])
     def test_target_modes_pick_a_quality_that_fits(self, client, mode, kbps, kilobytes):
         status, *_, details = _encode(client, VTEST, mode=mode, kbps=kbps, kilobytes=kilobytes, compare=False)
         target = details["rate"]["target_bytes"]
         assert target == (int(kbps * 1000 / 8 * 0.9) if mode == "kbps" else int(kilobytes * 1000))
         assert details["glvc"]["bytes"] <= target or details["glvc"]["quality"] == 0
         assert f"chosen for a target of {target:,} bytes" in status
+        missed = f"the target of {target:,} bytes"
+        assert (details["glvc"]["bytes"] > target) == (kilobytes == 0.1 and mode == "kilobytes")
+        if details["glvc"]["bytes"] > target:
+            assert f"Note: {missed}" in status and "below what this model can make for this clip" in status
+            assert f"made {details['glvc']['bytes']:,} bytes" in status
+        else:
+            assert missed not in status
 
 
 @pytest.mark.slow

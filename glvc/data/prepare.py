@@ -477,21 +477,33 @@ def build_tiny_clip(path: Path, cache: Path | None = None, source: str = "bikes"
     return nbytes
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     d = PrepareConfig()
-    ap = argparse.ArgumentParser(description="Build the GLVC training set, validation frames, "
+    ap = argparse.ArgumentParser(prog="python -m glvc.data.prepare", description="Build the GLVC training set, validation frames, "
                                  "demo examples and the tiny test clip from the cached sources.")
     ap.add_argument("--out", type=Path, default=None, help="training set directory, e.g. data/train_set")
     ap.add_argument("--val-out", type=Path, default=None, help="validation frames directory, e.g. data/val_set")
     ap.add_argument("--examples-out", type=Path, default=None, help="demo clips directory, e.g. examples")
     ap.add_argument("--tiny-out", type=Path, default=None, help="tiny test clip, e.g. tests/data/tiny.mp4")
     ap.add_argument("--cache", type=Path, default=None, help="source cache (default $GLVC_CACHE or ~/.cache/glvc)")
-    ap.add_argument("--budget-mib", type=float, default=d.budget_mib)
-    ap.add_argument("--photo-long-side", type=int, default=d.photo_long_side)
-    ap.add_argument("--clip-long-side", type=int, default=d.clip_long_side)
-    ap.add_argument("--quality", type=int, default=d.quality)
-    ap.add_argument("--run-length", type=int, default=d.run_length)
-    ap.add_argument("--val-frames", type=int, default=d.val_frames)
+    ap.add_argument("--budget-mib", type=float, default=d.budget_mib,
+                    help=f"size cap of the whole training set in MiB, counted in 4 KiB blocks (default {d.budget_mib:g}); "
+                    "clips that do not fit are cut into evenly spaced runs")
+    ap.add_argument("--photo-long-side", type=int, default=d.photo_long_side,
+                    help=f"downscale photos to at most this long side in pixels (default {d.photo_long_side})")
+    ap.add_argument("--clip-long-side", type=int, default=d.clip_long_side,
+                    help=f"downscale training clips to at most this long side in pixels (default {d.clip_long_side})")
+    ap.add_argument("--quality", type=int, default=d.quality,
+                    help=f"JPEG quality of the stored photos and frames (default {d.quality})")
+    ap.add_argument("--run-length", type=int, default=d.run_length,
+                    help=f"frames per kept run of a clip cut to fit the budget, at least {MIN_RUN} (default {d.run_length})")
+    ap.add_argument("--val-frames", type=int, default=d.val_frames,
+                    help=f"first frames of each validation clip written as PNG (default {d.val_frames})")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = build_parser()
     args = ap.parse_args(argv)
     if not any([args.out, args.val_out, args.examples_out, args.tiny_out]):
         ap.error("nothing to do: give --out and/or --val-out, --examples-out, --tiny-out")

