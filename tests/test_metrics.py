@@ -190,6 +190,86 @@ def test_vmaf_too_small_is_unavailable():
     assert str(v).startswith("unavailable: ")
 
 
+# ---------------------------------------------------------------- ColorVideoVDP
+
+
+@pytest.mark.slow
+def test_cvvdp_identical_is_10_jod_and_falls_with_degradation():
+    a = _clip(3, 48, 64)
+    same = M.cvvdp(a, a, fps=25)
+    assert same.name == "ColorVideoVDP" and same.per_frame is None
+    assert same.value == pytest.approx(10.0, abs=1e-4)
+    noise = [M.cvvdp(a, _noise(a, s), fps=25).value for s in (4, 12, 30)]
+    blur = [M.cvvdp(a, _blur(a, s), fps=25).value for s in (1.2, 2.5)]
+    assert 10.0 > noise[0] > noise[1] > noise[2], noise
+    assert 10.0 > blur[0] > blur[1], blur
+    assert noise[2] < 8.0  # sigma 30 noise is plainly visible: far below "no difference"
+
+
+def test_cvvdp_input_errors_are_clear():
+    a = _clip(2, 16, 16)
+    with pytest.raises(TypeError, match="uint8.*float32"):
+        M.cvvdp(a, a.astype(np.float32), fps=25)
+    with pytest.raises(ValueError, match=r"\(2, 16, 16, 3\) vs \(1, 16, 16, 3\)"):
+        M.cvvdp(a, a[:1], fps=25)
+    with pytest.raises(ValueError, match=r"shape \(T, H, W, 3\), got \(2, 16, 16, 4\)"):
+        M.cvvdp(np.zeros((2, 16, 16, 4), np.uint8), np.zeros((2, 16, 16, 4), np.uint8), fps=25)
+    for bad in (0, -25, float("nan")):
+        with pytest.raises(ValueError, match="fps must be a positive number"):
+            M.cvvdp(a, a, fps=bad)
+    with pytest.raises(TypeError, match="fps must be a number"):
+        M.cvvdp(a, a, fps="fast")
+    thin = np.zeros((2, 1, 8, 3), np.uint8)
+    v = M.cvvdp(thin, thin, fps=25)
+    assert v.value is None and "1x8" in v.unavailable_reason
+
+
+def test_cvvdp_in_compute_all_needs_fps():
+    a = _clip(3, 32, 32)
+    d = _noise(a, 12)
+    without = M.compute_all(a, d, metrics=("psnr", "cvvdp"), device="cpu")
+    assert without["cvvdp"].value is None and "frame rate" in without["cvvdp"].unavailable_reason
+    res = M.compute_all(a, d, metrics=("psnr", "cvvdp"), device="cpu", fps=25)
+    assert res["cvvdp"].value == pytest.approx(M.cvvdp(a, d, fps=25).value, abs=1e-5)
+    assert 0 < res["cvvdp"].value < 10
+    assert f"JOD ({M.CVVDP_DISPLAY} display)" in M.format_results(res)
+
+
+@pytest.mark.slow
+def test_cvvdp_agrees_with_the_packages_command_line(tmp_path):
+    """Same frames through ``cvvdp --test ... --ref ... --display standard_fhd --fps 25`` (BMP frames:
+    the package reads PNGs with FreeImage, which it would download)."""
+    import subprocess
+
+    from PIL import Image
+
+    a = _clip(4, 48, 64)
+    d = _noise(_blur(a, 1.0), 6)
+    for k in range(a.shape[0]):
+        Image.fromarray(a[k]).save(tmp_path / f"ref_{k:04d}.bmp")
+        Image.fromarray(d[k]).save(tmp_path / f"test_{k:04d}.bmp")
+    exe = os.path.join(os.path.dirname(sys.executable), "cvvdp")
+    run = subprocess.run([exe, "--test", "test_%04d.bmp", "--ref", "ref_%04d.bmp", "--display", M.CVVDP_DISPLAY,
+                          "--fps", "25", "--device", "cpu", "--quiet"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    cli = float(run.stdout.strip().splitlines()[-1])
+    ours = M.cvvdp(a, d, fps=25, device="cpu").value
+    assert ours == pytest.approx(cli, abs=0.01) and cli < 9.9
+
+
+def test_cvvdp_display_model_is_the_one_documented():
+    """CVVDP_DISPLAY's docstring (and the README) describe the package's standard_fhd entry."""
+    import json
+
+    import pycvvdp
+
+    path = os.path.join(os.path.dirname(pycvvdp.__file__), "vvdp_data", "display_models.json")
+    with open(path) as f:
+        d = json.load(f)[M.CVVDP_DISPLAY]
+    assert (d["resolution"], d["diagonal_size_inches"], d["max_luminance"], d["contrast"], d["E_ambient"], d["viewing_distance_meters"]) == (
+        [1920, 1080], 24, 200, 1000, 250, 0.6)
+
+
 # ---------------------------------------------------------------- LPIPS / DISTS plumbing
 
 
@@ -310,12 +390,14 @@ def test_weights_loaded_from_env_var_and_hash_checked(no_weights, monkeypatch):
 def test_compute_all_cpu(no_weights):
     a = _clip(5, 48, 64)
     d = _noise(_blur(a, 1.0), 4)
-    res = M.compute_all(a, d, device="cpu", batch_frames=2)
+    res = M.compute_all(a, d, device="cpu", batch_frames=2, fps=25)
     assert list(res) == list(M.ALL_METRICS)
     assert 25 < res["psnr"].value < 45 and 25 < res["psnr_y"].value < 50
     assert 0.5 < res["ms_ssim"].value < 1.0
     assert 0 <= res["vmaf"].value < 100
     assert res["lpips"].value is None and res["dists"].value is None
+    assert "downloads are off" in res["lpips"].unavailable_reason
+    assert 0 < res["cvvdp"].value < 10
     assert res["psnr"].value == pytest.approx(M.psnr_rgb(a, d).value)
     assert "unavailable" in M.format_results(res)
 
@@ -379,8 +461,9 @@ def test_default_urls_are_torchvisions_and_match_the_cache_names(monkeypatch):
     assert M.weights_url("alexnet").endswith("/alexnet-owt-7be5be79.pth")
 
 
+@pytest.mark.slow
 def test_lpips_and_dists_download_their_backbones(downloads, tmp_path, monkeypatch):
-    a = _clip(2, 64, 64)
+    a = _clip(1, 64, 64)
     d = _noise(_blur(a, 1.0), 6)
     _, alex = _lpips_reference("alex")
     _, vgg = _lpips_reference("vgg")
