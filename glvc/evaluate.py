@@ -49,8 +49,8 @@ Metrics and unavailability
 --------------------------
 :func:`glvc.metrics.compute_all` (``psnr`` = PSNR-RGB, ``psnr_y``, ``ms_ssim``, ``vmaf``,
 ``lpips`` (AlexNet), ``dists``, ``cvvdp`` = ColorVideoVDP in JOD on the ``standard_fhd`` display model,
-at the clip's frame rate; about 1-2 s per 240p frame on a CPU, so drop it with ``--metrics`` for a
-quick run). A metric that cannot be computed honestly (e.g. LPIPS/DISTS without
+at the clip's frame rate; about 1.8 CPU-seconds per 426x240 frame, so drop it with ``--metrics`` for
+a quick run on a CPU). A metric that cannot be computed honestly (e.g. LPIPS/DISTS without
 ImageNet backbone weights) is an empty cell with the reason in ``<metric>_unavailable``; nothing is
 ever filled in. Frames under 161 px fall back from MS-SSIM to single-scale SSIM; the column
 ``ms_ssim_variant`` then names what was computed. Encode/decode fps are wall-clock frames per

@@ -417,7 +417,7 @@ def cvvdp(
     dim_order="FHWC", frames_per_second=fps)`` as uint8 tensors, i.e. sRGB-encoded pixels on the
     display model (:data:`CVVDP_DISPLAY`).  One clip score, pooled over time by the metric: no
     per-frame scores.  Unavailable when a side is < :data:`CVVDP_MIN_SIDE` px.  Cost on a CPU:
-    about a second per 240p frame (README, Metrics).
+    about 1.8 CPU-seconds per 426x240 frame (docs/metrics.md).
     """
     ref, dist = _check_pair(ref, dist)
     try:

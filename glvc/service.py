@@ -488,8 +488,8 @@ VIDEO_METRIC_OFF = "not computed (ColorVideoVDP box off)"
 
 
 def video_metric_default() -> bool:
-    """Whether a request scores ColorVideoVDP unless told: with a GPU only (on 2 CPU cores it took
-    longer than the rest of a default request; README, Metrics)."""
+    """Whether a request scores ColorVideoVDP unless told: with a GPU only (on 2 shared CPU cores it
+    took 88 CPU-seconds per 2 s 240p clip, twice per request with x265; docs/metrics.md)."""
     return has_gpu()
 
 

@@ -121,7 +121,7 @@ def test_eval_smoke(tiny_model_dir, frame_clip, tmp_path):
             assert r["kbps"] == pytest.approx(8 * r["bytes"] * 30.0 / 9 / 1000)
             assert r["encode_fps"] > 0 and r["decode_fps"] > 0
             assert isinstance(r["psnr"], float) and isinstance(r["vmaf"], float)
-            assert 0 < r["cvvdp"] < 10 and r["cvvdp_unavailable"] is None  # JOD, 30 fps from the manifest
+            assert isinstance(r["cvvdp"], float) and r["cvvdp"] < 10 and r["cvvdp_unavailable"] is None  # JOD (may go below 0)
             assert r["ms_ssim"] is not None and r["ms_ssim_variant"].startswith("SSIM")  # 64 px < 161 px
             for m in ("lpips", "dists"):
                 assert r[m] is None and "missing.pth" in r[f"{m}_unavailable"]
@@ -210,7 +210,7 @@ def test_bench_smoke(tiny_model_dir, tmp_path, capsys):
     md = (out / "bench.md").read_text()
     assert "GLVC / x265" in md and "entropy coding" in md and "tokenizer" in md
     for side in (g, x):
-        assert 0 < side["cvvdp_jod"]["value"] <= 10 and side["cvvdp_jod"]["seconds"] > 0
+        assert side["cvvdp_jod"]["value"] <= 10 and side["cvvdp_jod"]["seconds"] > 0
         assert f"{side['cvvdp_jod']['value']:.2f} JOD" in md
     assert "GLVC / x265" in capsys.readouterr().out
 
