@@ -99,6 +99,7 @@ def test_bd_pair_sign_conventions():
     assert far["bd_metric"] == pytest.approx(-20.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_eval_smoke(tiny_model_dir, frame_clip, tmp_path):
     out = tmp_path / "eval"
     cfg = EvalConfig(
