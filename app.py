@@ -62,6 +62,11 @@ x265 comparison) took 45 s to 2.5 minutes, depending on the machine's load; most
 tokenizer, then the metrics.
 """
 
+VIDEO_METRIC_LABEL = (
+    "Score ColorVideoVDP too (perceptual video metric, JOD)"
+    + ("" if DEVICE == "gpu" else ": slow on a CPU, about 90 CPU-seconds per 2 s 240p clip, twice with x265")
+)
+
 EncodeOutputs = tuple[str, str, str, list[list[str]], list[list[str]], str, dict[str, Any]]
 DecodeOutputs = tuple[str, str, dict[str, Any]]
 
@@ -76,6 +81,7 @@ def encode_video(
     max_height: float,
     max_seconds: float,
     compare_x265: bool,
+    video_metric: bool = False,
     progress: gr.Progress = gr.Progress(),
 ) -> Iterator[EncodeOutputs]:
     """Encode, decode and score one clip. A generator: the request's folder is removed once the
@@ -83,7 +89,8 @@ def encode_video(
     rate = service.Rate(rate_mode, int(quality), kbps, kilobytes)
     with service.workspace() as workdir:
         try:
-            out = service.encode_clip(video, model_key, rate, int(max_height), float(max_seconds), bool(compare_x265), workdir, progress)
+            out = service.encode_clip(video, model_key, rate, int(max_height), float(max_seconds), bool(compare_x265), workdir, progress,
+                                      video_metric=bool(video_metric))
         except service.UserError as err:
             raise gr.Error(str(err), print_exception=False) from None
         yield out.status, out.decoded_mp4, out.side_by_side_mp4, out.table, out.timings, out.bitstream_path, out.details
@@ -138,6 +145,7 @@ with gr.Blocks(title="GLVC: generative latent video compression", delete_cache=(
                     max_height = gr.Slider(LIMITS.min_height, LIMITS.max_height, value=LIMITS.default_height, step=8, label="Downscale to at most (px high)", elem_id="max-height")
                     max_seconds = gr.Slider(0.1, LIMITS.max_seconds, value=LIMITS.default_seconds, step=0.1, label="Code the first (seconds)", elem_id="max-seconds")
                 compare = gr.Checkbox(value=True, label="Compare with x265 at the same size (low delay, preset medium)")
+                video_metric = gr.Checkbox(value=service.video_metric_default(), label=VIDEO_METRIC_LABEL, elem_id="video-metric")
                 encode_button = gr.Button("Encode", variant="primary", elem_id="encode")
             with gr.Column(scale=2):
                 status = gr.Markdown("Upload a clip or pick an example, then press **Encode**.", elem_id="status")
@@ -166,7 +174,7 @@ with gr.Blocks(title="GLVC: generative latent video compression", delete_cache=(
 
     encode_button.click(
         encode_video,
-        inputs=[video_in, model, rate_mode, quality, kbps, kilobytes, max_height, max_seconds, compare],
+        inputs=[video_in, model, rate_mode, quality, kbps, kilobytes, max_height, max_seconds, compare, video_metric],
         outputs=[status, decoded_video, side_by_side, scores, stages, bitstream_file, details],
         api_name="encode",
         concurrency_id="codec",

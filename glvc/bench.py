@@ -30,6 +30,9 @@ RSS and the peak's increase over the RSS at the phase's start. ``ru_maxrss`` (th
 since start, ``resource.getrusage``) is reported at the end. All phases share one process, so
 absolute peaks include the loaded model and libraries.
 
+Quality: PSNR-RGB and ColorVideoVDP (JOD, :data:`glvc.metrics.CVVDP_DISPLAY` display model) of both
+decoded clips, computed after the timed phases; ColorVideoVDP's own run time is reported beside it.
+
 Outputs: ``bench.json`` and ``bench.md`` in ``--out``; the markdown table is also printed.
 Ratios are GLVC / x265 (fps ratio < 1: GLVC is slower).
 """
@@ -161,7 +164,7 @@ def run_bench(
     import torch
 
     from .baselines import encode_decode, match_bitrate
-    from .metrics import psnr_rgb
+    from .metrics import CVVDP_DISPLAY, psnr_rgb
     from .pipeline import GLVC
     from .video_io import read_video
 
@@ -261,6 +264,7 @@ def run_bench(
             "bytes": glvc_bytes,
             "bpp": 8 * glvc_bytes / pixels,
             "psnr_rgb": float(psnr_rgb(frames, dec.frames).value),
+            "cvvdp_jod": _timed_cvvdp(frames, dec.frames, fps, say, "GLVC"),
             "encode_seconds": glvc_encode,
             "decode_seconds": glvc_decode,
             "encode_fps": glvc_enc_fps,
@@ -282,6 +286,7 @@ def run_bench(
             "bitstream_bytes": x265.bitstream_bytes,
             "bpp": 8 * x265.payload_bytes / pixels,
             "psnr_rgb": float(psnr_rgb(frames, x265.decoded).value),
+            "cvvdp_jod": _timed_cvvdp(frames, x265.decoded, fps, say, "x265"),
             "encode_seconds": x265_enc_s,
             "decode_seconds": x265_dec_s,
             "encode_seconds_all_runs": [r.encode_seconds for r, _ in x265_runs],
@@ -304,6 +309,7 @@ def run_bench(
             "(entropy_coding); latent_transforms = the rest of the latent codec",
             "x265 timings include RGB->YUV (encode) and YUV->RGB (decode) conversion; GLVC timings the whole encode/decode call",
             "peak RSS sampled every 5 ms per phase; one process, so peaks include the loaded model",
+            f"ColorVideoVDP on the {CVVDP_DISPLAY} display model, computed after the timed phases (not timed with them)",
         ],
     }
     record["markdown"] = bench_markdown(record)
@@ -327,6 +333,23 @@ _STAGE_LABELS = {
 }
 
 
+def _timed_cvvdp(ref, dist, fps, say, who: str) -> dict:
+    """ColorVideoVDP of one decoded clip: ``{"value": JOD or None, "unavailable": reason, "seconds"}``."""
+    from .metrics import cvvdp
+
+    say(f"ColorVideoVDP of {who}")
+    start = time.perf_counter()
+    r = cvvdp(ref, dist, fps)
+    return {"value": r.value, "unavailable": r.unavailable_reason, "seconds": time.perf_counter() - start}
+
+
+def _jod(side: dict) -> str:
+    c = side["cvvdp_jod"]
+    if c["value"] is None:
+        return f"unavailable: {c['unavailable']}"
+    return f"{c['value']:.2f} JOD ({c['seconds']:.0f} s to compute)"
+
+
 def _frames_per_cpu_second(frames: int, cpu_seconds: float, digits: int) -> str:
     """``frames / cpu_seconds`` formatted, or a note when the CPU time is below the clock's resolution
     (``os.times`` counts in ticks of 10 ms, so a tiny clip's x265 run can measure 0 s)."""
@@ -348,6 +371,7 @@ def bench_markdown(r: dict) -> str:
         "|---|---|---|---|",
         f"| bytes (bpp) | {g['bytes']} ({g['bpp']:.4f}) | {x['bytes']} ({x['bpp']:.4f}) | {g['bytes'] / x['bytes']:.2f} |",
         f"| PSNR-RGB | {g['psnr_rgb']:.2f} dB | {x['psnr_rgb']:.2f} dB | |",
+        f"| ColorVideoVDP | {_jod(g)} | {_jod(x)} | |",
         f"| encode | {g['encode_fps']:.3f} fps ({g['encode_seconds']:.2f} s) | {x['encode_fps']:.1f} fps ({x['encode_seconds']:.2f} s) | {ratio['encode_fps']:.4f} (x265 {ratio['encode_slowdown']:.0f}x faster) |",
         f"| decode | {g['decode_fps']:.3f} fps ({g['decode_seconds']:.2f} s) | {x['decode_fps']:.1f} fps ({x['decode_seconds']:.2f} s) | {ratio['decode_fps']:.4f} (x265 {ratio['decode_slowdown']:.0f}x faster) |",
         f"| CPU time (all threads) | encode {g['encode_cpu_seconds']:.1f} s, decode {g['decode_cpu_seconds']:.1f} s "

@@ -48,7 +48,9 @@ container. ``bitstream``: every byte the encoder emitted. ``total_bytes`` always
 Metrics and unavailability
 --------------------------
 :func:`glvc.metrics.compute_all` (``psnr`` = PSNR-RGB, ``psnr_y``, ``ms_ssim``, ``vmaf``,
-``lpips`` (AlexNet), ``dists``). A metric that cannot be computed honestly (e.g. LPIPS/DISTS without
+``lpips`` (AlexNet), ``dists``, ``cvvdp`` = ColorVideoVDP in JOD on the ``standard_fhd`` display model,
+at the clip's frame rate; about 1.8 CPU-seconds per 426x240 frame, so drop it with ``--metrics`` for
+a quick run on a CPU). A metric that cannot be computed honestly (e.g. LPIPS/DISTS without
 ImageNet backbone weights) is an empty cell with the reason in ``<metric>_unavailable``; nothing is
 ever filled in. Frames under 161 px fall back from MS-SSIM to single-scale SSIM; the column
 ``ms_ssim_variant`` then names what was computed. Encode/decode fps are wall-clock frames per
@@ -66,8 +68,8 @@ against each anchor (x265 and x264 when evaluated), per clip and metric:
   they are negated before interpolation so that every curve rises with rate, which keeps the same
   sign convention for all metrics.
 * **BD-metric**: average metric difference (test - anchor) at equal rate over the overlapping
-  log-rate range, in the metric's own units; positive is better for PSNR/MS-SSIM/VMAF, negative is
-  better for LPIPS/DISTS.
+  log-rate range, in the metric's own units; positive is better for PSNR/MS-SSIM/VMAF/ColorVideoVDP,
+  negative is better for LPIPS/DISTS.
 * Before interpolation each curve is reduced to its rate-quality Pareto front (points that do not
   improve quality over a cheaper point are dropped and counted), since Akima needs a monotone curve.
   A delta needs >= 2 points per curve; with no overlap it is "n/a" with the ranges stated;
@@ -106,7 +108,7 @@ CODEC_CHOICES = ("glvc", "x264", "x265", "svtav1")
 DEFAULT_CODECS = ("glvc", "x264", "x265")
 DEFAULT_GLVC_RATES = (0, 16, 32, 48, 63)
 BD_ANCHORS = ("x265", "x264")
-METRIC_KEYS = ("psnr", "psnr_y", "ms_ssim", "vmaf", "lpips", "dists")
+METRIC_KEYS = ("psnr", "psnr_y", "ms_ssim", "vmaf", "lpips", "dists", "cvvdp")
 LOWER_IS_BETTER = frozenset({"lpips", "dists", "lpips_alex", "lpips_vgg"})
 METRIC_LABELS = {
     "psnr": "PSNR-RGB (dB)",
@@ -117,6 +119,7 @@ METRIC_LABELS = {
     "lpips_alex": "LPIPS-Alex",
     "lpips_vgg": "LPIPS-VGG",
     "dists": "DISTS",
+    "cvvdp": "ColorVideoVDP (JOD, standard_fhd)",
 }
 CODEC_LABELS = {"glvc": "GLVC", "x264": "x264", "x265": "x265", "svtav1": "SVT-AV1"}
 FALLBACK_CRFS = {"x264": (22, 27, 32, 37, 42), "x265": (22, 27, 32, 37, 42), "svtav1": (30, 38, 46, 54, 62)}
@@ -371,7 +374,7 @@ def _score(clip: Clip, decoded: np.ndarray, cfg: EvalConfig) -> tuple[dict, floa
     from .metrics import compute_all
 
     start = time.perf_counter()
-    results = compute_all(clip.frames, decoded, metrics=cfg.metrics, device=cfg.device)
+    results = compute_all(clip.frames, decoded, metrics=cfg.metrics, device=cfg.device, fps=clip.fps)
     return _metric_fields(results, cfg.metrics), time.perf_counter() - start
 
 
@@ -766,6 +769,7 @@ def _config_record(cfg: EvalConfig, sources: Sequence[ClipSource], model_name, f
         "(x264/x265 medium, SVT-AV1 8), yuv420p BT.601 limited range, FFmpeg default threads",
         "byte_count": cfg.count,
         "metrics": list(cfg.metrics),
+        "cvvdp_display": _cvvdp_display() if "cvvdp" in cfg.metrics else None,
         "max_frames": cfg.max_frames,
         "max_height": cfg.max_height,
         "warmup": cfg.warmup,
@@ -905,7 +909,7 @@ def _fmt(v, digits: int) -> str:
     return f"{v:.{digits}f}"
 
 
-_DIGITS = {"psnr": 2, "psnr_y": 2, "ms_ssim": 4, "vmaf": 2, "lpips": 4, "lpips_alex": 4, "lpips_vgg": 4, "dists": 4}
+_DIGITS = {"psnr": 2, "psnr_y": 2, "ms_ssim": 4, "vmaf": 2, "lpips": 4, "lpips_alex": 4, "lpips_vgg": 4, "dists": 4, "cvvdp": 3}
 
 
 def _available_metrics(rows: Sequence[dict], metrics: Sequence[str]) -> list[str]:
@@ -1113,6 +1117,12 @@ def write_outputs(out_dir: str, rows: Sequence[dict], bd: Sequence[dict], cfg: E
         f.write("\n".join(md))
     files["markdown"] = md_path
     return files
+
+
+def _cvvdp_display() -> str:
+    from .metrics import CVVDP_DISPLAY
+
+    return CVVDP_DISPLAY
 
 
 def _conventions_text() -> str:

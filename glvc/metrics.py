@@ -6,8 +6,9 @@ accepted and treated as ``T = 1``.  ``ref`` is the original, ``dist`` the
 decoded/distorted clip; the order matters for VMAF.
 
 Every metric returns a :class:`MetricValue`: the clip score (mean of the
-per-frame scores), the per-frame scores, or - for a metric that cannot be
-computed honestly here - ``value=None`` and ``unavailable_reason``.
+per-frame scores; ColorVideoVDP pools over time itself and has no per-frame
+scores), the per-frame scores, or - for a metric that cannot be computed
+honestly here - ``value=None`` and ``unavailable_reason``.
 
 Metrics
 -------
@@ -30,17 +31,24 @@ Metrics
   or VGG16 trunk; inputs scaled to [-1, 1].
 * ``dists``     - DISTS (``DISTS_pytorch``; alpha/beta ship with the package) on a
   VGG16 trunk; inputs scaled to [0, 1].
+* ``cvvdp``     - ColorVideoVDP (``cvvdp`` package, module ``pycvvdp``): a
+  perceptual video metric in JOD units (10 = no visible difference, higher is
+  better) that models the display and the viewer's spatio-temporal and colour
+  vision; needs the frame rate.  Display model :data:`CVVDP_DISPLAY`.  No
+  downloads: its parameters ship with the package.
 
-LPIPS and DISTS need torchvision's ImageNet backbone weights, which cannot be
-downloaded here.  They are read from ``$GLVC_VGG16_WEIGHTS`` /
-``$GLVC_ALEXNET_WEIGHTS`` when set, else from the torch hub cache
-(``torch.hub.get_dir()/checkpoints/vgg16-397923af.pth`` and
-``alexnet-owt-7be5be79.pth``; files with these canonical names must match the
-sha256 prefix in their name).  Nothing here ever calls a downloader: the
-networks are built without weights and the backbone is loaded by hand.  When
-the weights are absent the metric is reported unavailable - never computed
-from random weights.  Tests may inject a backbone explicitly
-(``backbone_state_dict=`` or ``model=``).
+LPIPS and DISTS need torchvision's ImageNet backbone weights (VGG16 / AlexNet).  They are
+read from ``$GLVC_VGG16_WEIGHTS`` / ``$GLVC_ALEXNET_WEIGHTS`` when set, else from the torch
+hub cache (``torch.hub.get_dir()/checkpoints/vgg16-397923af.pth`` and
+``alexnet-owt-7be5be79.pth``); when neither exists they are downloaded there the way
+torchvision does it (``torch.hub.download_url_to_file`` with the sha256 prefix in the file
+name checked; a mismatching file is not kept) from torchvision's URLs or
+``$GLVC_VGG16_URL`` / ``$GLVC_ALEXNET_URL``.  ``$GLVC_WEIGHTS_DOWNLOAD=0`` turns downloads
+off.  Offline, the connection attempt gives up after :data:`WEIGHTS_CONNECT_TIMEOUT_S` and
+the failure is remembered for :data:`WEIGHTS_RETRY_AFTER_S`, so requests answer at once.
+The networks are built without weights and the backbone is loaded by hand.  When the weights
+cannot be had the metric is reported unavailable - never computed from random weights.
+Tests may inject a backbone explicitly (``backbone_state_dict=`` or ``model=``).
 
 Networks are cached at module level per (metric, device, weights file): they
 are stateless at inference, and loading VGG16 takes seconds.
@@ -49,9 +57,13 @@ are stateless at inference, and loading VGG16 takes seconds.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import socket
 import sys
 import threading
+import time
+import urllib.parse
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
@@ -73,9 +85,13 @@ __all__ = [
     "vmaf",
     "lpips",
     "dists",
+    "cvvdp",
+    "CVVDP_DISPLAY",
     "compute_all",
     "format_results",
     "backbone_weights_path",
+    "fetch_backbone",
+    "weights_url",
     "clear_model_cache",
     "rgb_to_y_bt601_full",
     "rgb_to_y_bt601_limited",
@@ -90,13 +106,11 @@ MS_SSIM_MIN_SIDE = 161
 VMAF_MIN_SIDE = 17
 """Smallest side vmaf-torch's 4-scale ADM/VIF accepts (measured: 16 px fails)."""
 
-ALL_METRICS = ("psnr", "psnr_y", "ms_ssim", "vmaf", "lpips", "dists")
+ALL_METRICS = ("psnr", "psnr_y", "ms_ssim", "vmaf", "lpips", "dists", "cvvdp")
 """Default metric keys of :func:`compute_all`.  Also accepted: ``lpips_alex``, ``lpips_vgg``."""
 
-_HUB_FILES = {
-    "vgg16": ("vgg16-397923af.pth", "GLVC_VGG16_WEIGHTS"),
-    "alexnet": ("alexnet-owt-7be5be79.pth", "GLVC_ALEXNET_WEIGHTS"),
-}
+_FILE_ENV = {"vgg16": "GLVC_VGG16_WEIGHTS", "alexnet": "GLVC_ALEXNET_WEIGHTS"}
+_URL_ENV = {"vgg16": "GLVC_VGG16_URL", "alexnet": "GLVC_ALEXNET_URL"}
 _N_CONV = {"vgg16": 13, "alexnet": 5}
 
 
@@ -302,10 +316,13 @@ _HASH_OK: dict[tuple[str, float, int], bool] = {}
 
 
 def clear_model_cache() -> None:
-    """Drop all cached networks (VMAF, LPIPS, DISTS) and weight-file checks."""
+    """Drop all cached networks (VMAF, LPIPS, DISTS, ColorVideoVDP), weight-file checks and
+    remembered download failures."""
     with _CACHE_LOCK:
         _CACHE.clear()
         _HASH_OK.clear()
+    with _FETCH_LOCK:
+        _FETCHES.clear()
 
 
 def _cached(key: tuple, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
@@ -362,33 +379,125 @@ def vmaf(
 
 
 # ---------------------------------------------------------------------------
+# ColorVideoVDP
+
+CVVDP_DISPLAY = "standard_fhd"
+"""ColorVideoVDP display model: cvvdp's ``standard_fhd``, a 24-inch 1920x1080 monitor with a peak
+luminance of 200 cd/m^2 and 1000:1 contrast, in office light (250 lux), seen from 0.6 m.  Frames
+are shown pixel for pixel (a 426x240 clip covers a small part of that screen), not scaled up."""
+
+CVVDP_MIN_SIDE = 2
+"""Smallest side ColorVideoVDP 0.5.7 accepts (measured: a 1x1 frame fails inside the package)."""
+
+
+def _cvvdp_model(display: str, device: torch.device):
+    """``(pycvvdp.cvvdp, lock)``, cached per display and device.  ``predict`` keeps per-call state
+    on the object (temporal filters for the frame rate, the pyramid for the frame size), so calls
+    on one object are serialised by the lock."""
+
+    def build():
+        import pycvvdp
+
+        return pycvvdp.cvvdp(display_name=display, device=device, quiet=True), threading.Lock()
+
+    return _cached(("cvvdp", display, str(device)), build)
+
+
+def cvvdp(
+    ref: np.ndarray,
+    dist: np.ndarray,
+    fps: float,
+    device: str | torch.device | None = None,
+    display: str = CVVDP_DISPLAY,
+) -> MetricValue:
+    """ColorVideoVDP 0.5.7 in JOD (10 = no visible difference; higher is better).
+
+    ``fps``: the clip's frame rate (frames per second, > 0), which sets the temporal filters.
+    ``ref``/``dist`` go to ``pycvvdp.cvvdp(display_name=display).predict(dist, ref,
+    dim_order="FHWC", frames_per_second=fps)`` as uint8 tensors, i.e. sRGB-encoded pixels on the
+    display model (:data:`CVVDP_DISPLAY`).  One clip score, pooled over time by the metric: no
+    per-frame scores.  Unavailable when a side is < :data:`CVVDP_MIN_SIDE` px.  Cost on a CPU:
+    about 1.8 CPU-seconds per 426x240 frame (docs/metrics.md).
+    """
+    ref, dist = _check_pair(ref, dist)
+    try:
+        rate = float(fps)
+    except (TypeError, ValueError):
+        raise TypeError(f"fps must be a number of frames per second, got {fps!r}") from None
+    if not (math.isfinite(rate) and rate > 0):
+        raise ValueError(f"fps must be a positive number of frames per second, got {fps!r}")
+    t, h, w = ref.shape[:3]
+    name = "ColorVideoVDP"
+    if min(h, w) < CVVDP_MIN_SIDE:
+        return _unavailable(name, f"frame {h}x{w} too small for ColorVideoVDP (needs >= {CVVDP_MIN_SIDE} px per side)")
+    dev = _resolve_device(device)
+    model, lock = _cvvdp_model(display, dev)
+    with lock, torch.no_grad():
+        jod, _ = model.predict(torch.from_numpy(np.ascontiguousarray(dist)), torch.from_numpy(np.ascontiguousarray(ref)),
+                               dim_order="FHWC", frames_per_second=rate)
+    value = float(jod)
+    if not math.isfinite(value):
+        return _unavailable(name, f"ColorVideoVDP returned {value} for {t} frames {w}x{h}")
+    return MetricValue(name=name, value=value)
+
+
+# ---------------------------------------------------------------------------
 # backbone weights
+
+
+def weights_url(arch: str) -> str:
+    """Where the ImageNet weights of ``arch`` ('vgg16' | 'alexnet') are downloaded from.
+
+    ``$GLVC_VGG16_URL`` / ``$GLVC_ALEXNET_URL`` when set (e.g. a mirror), else torchvision's
+    ``VGG16_Weights.IMAGENET1K_V1`` / ``AlexNet_Weights.IMAGENET1K_V1`` URL.  The file name
+    follows torch hub's convention ``name-<sha256 prefix>.pth``; the download is checked
+    against that prefix and cached under that name.
+    """
+    url = os.environ.get(_URL_ENV[arch])
+    if url:
+        return url
+    import torchvision.models as tvm
+
+    return {"vgg16": tvm.VGG16_Weights, "alexnet": tvm.AlexNet_Weights}[arch].IMAGENET1K_V1.url
+
+
+def _hub_file_name(arch: str) -> str:
+    return os.path.basename(urllib.parse.urlparse(weights_url(arch)).path)
+
+
+def _hub_path(arch: str) -> str:
+    return os.path.join(torch.hub.get_dir(), "checkpoints", _hub_file_name(arch))
 
 
 def backbone_weights_path(arch: str) -> tuple[str | None, str]:
     """Where the ImageNet weights of ``arch`` ('vgg16' | 'alexnet') would be read from.
 
-    Returns ``(path or None, explanation)``; ``None`` when no file exists.
+    Returns ``(path or None, explanation)``; ``None`` when no file exists (nothing is
+    downloaded here, see :func:`fetch_backbone`).
     """
-    fname, env = _HUB_FILES[arch]
+    env = _FILE_ENV[arch]
     p = os.environ.get(env)
     if p:
         if os.path.isfile(p):
             return p, f"${env}={p}"
         return None, f"${env} points to {p!r}, which is not a file"
-    hub = os.path.join(torch.hub.get_dir(), "checkpoints", fname)
+    hub = _hub_path(arch)
     if os.path.isfile(hub):
         return hub, hub
-    return None, (
-        f"ImageNet {arch} weights not found: no {hub} and ${env} unset "
-        f"(torchvision downloads are blocked here; copy {fname} there or set ${env})"
-    )
+    return None, f"ImageNet {arch} weights not found: no {hub} and ${env} unset"
+
+
+def _hash_prefix(file_name: str) -> str | None:
+    """The sha256 prefix in a torch hub file name (``vgg16-397923af.pth`` -> ``397923af``)."""
+    m = torch.hub.HASH_REGEX.search(file_name)
+    return m.group(1) if m and m.group(1) else None
 
 
 def _check_canonical_hash(path: str, arch: str) -> None:
-    """A file named like torchvision's (``name-<sha256[:8]>.pth``) must match that prefix."""
-    fname = _HUB_FILES[arch][0]
-    if os.path.basename(path) != fname:
+    """A file named like the download (``name-<sha256 prefix>.pth``) must match that prefix."""
+    fname = _hub_file_name(arch)
+    expected = _hash_prefix(fname)
+    if os.path.basename(path) != fname or expected is None:
         return
     st = os.stat(path)
     key = (path, st.st_mtime, st.st_size)
@@ -398,18 +507,152 @@ def _check_canonical_hash(path: str, arch: str) -> None:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
-    expected = fname.rsplit("-", 1)[1].split(".")[0]
     if not h.hexdigest().startswith(expected):
         raise MetricUnavailable(
-            f"{path} has sha256 {h.hexdigest()[:16]}..., expected prefix {expected}: not torchvision's ImageNet {arch}"
+            f"{path} has sha256 {h.hexdigest()[:16]}..., expected prefix {expected}: not the ImageNet {arch} weights"
         )
     _HASH_OK[key] = True
 
 
-def _load_backbone_file(arch: str) -> tuple[dict, str]:
+WEIGHTS_CONNECT_TIMEOUT_S = 3.0
+"""Seconds to wait for a connection to the weights server (name lookup included) before
+LPIPS/DISTS answer "unavailable"."""
+
+WEIGHTS_RETRY_AFTER_S = 600.0
+"""After a failed download, requests answer "unavailable" at once for this many seconds
+(per process) instead of trying again."""
+
+WEIGHTS_DOWNLOAD_WAIT_S = 600.0
+"""Longest a request waits for a running download (VGG16: 528 MB, AlexNet: 233 MB); after
+that it answers "unavailable" and the download carries on in the background."""
+
+WEIGHTS_STALL_S = 10.0
+"""A download that receives no data for this many seconds (e.g. a proxy that accepts the
+connection and never answers) counts as failed for the waiting requests."""
+
+
+class _Fetch:
+    """One download of a backbone file into the torch hub cache, in a daemon thread.
+
+    The thread first opens a TCP connection with :data:`WEIGHTS_CONNECT_TIMEOUT_S` (so an
+    offline machine fails fast), then calls ``torch.hub.download_url_to_file`` with the sha256
+    prefix from the file name (torch hub's ``check_hash``): a file that does not match is
+    removed, never cached.  ``connected`` is set once connected or finished, ``done`` when
+    finished.  ``torch.hub`` reads without a timeout, so waiting requests watch its
+    ``<dst>.<id>.partial`` file grow instead (:meth:`wait`).
+    """
+
+    def __init__(self, url: str, dst: str):
+        self.url, self.dst = url, dst
+        self.started = time.monotonic()
+        self.connected = threading.Event()
+        self.done = threading.Event()
+        self.error: str | None = None
+        self.finished: float | None = None
+        self.stalled: tuple[str, float] | None = None
+        threading.Thread(target=self._run, name=f"glvc-fetch-{os.path.basename(dst)}", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            parts = urllib.parse.urlparse(self.url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            socket.create_connection((parts.hostname, port), timeout=WEIGHTS_CONNECT_TIMEOUT_S).close()
+            self.connected.set()
+            os.makedirs(os.path.dirname(self.dst), exist_ok=True)
+            torch.hub.download_url_to_file(self.url, self.dst, hash_prefix=_hash_prefix(os.path.basename(self.dst)), progress=False)
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes the metric's reason
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.finished = time.monotonic()
+            self.done.set()
+            self.connected.set()
+
+    def _received(self) -> int:
+        folder, name = os.path.split(self.dst)
+        try:
+            return sum(e.stat().st_size for e in os.scandir(folder) if e.name.startswith(name + ".") and e.name.endswith(".partial"))
+        except OSError:
+            return 0
+
+    def wait(self) -> None:
+        """Block until connected, then until done, stalled or :data:`WEIGHTS_DOWNLOAD_WAIT_S` is up."""
+        self.connected.wait(max(0.0, self.started + WEIGHTS_CONNECT_TIMEOUT_S + 1.0 - time.monotonic()))
+        if not self.connected.is_set():
+            return
+        size, changed = -1, time.monotonic()
+        while self.stalled is None and not self.done.wait(min(1.0, WEIGHTS_STALL_S / 4)):
+            now = time.monotonic()
+            if now - self.started >= WEIGHTS_DOWNLOAD_WAIT_S:
+                return
+            received = self._received()
+            if received != size:
+                size, changed = received, now
+            elif now - changed >= WEIGHTS_STALL_S:
+                self.stalled = (f"no data for {WEIGHTS_STALL_S:g} s after {received:,} bytes", now)
+
+    def failure(self, now: float) -> tuple[str, float] | None:
+        """``(reason, when)`` if this attempt has failed by ``now`` (or cannot connect in time)."""
+        if self.done.is_set():
+            return (self.error, self.finished) if self.error else None
+        if self.stalled is not None:
+            return self.stalled
+        deadline = self.started + WEIGHTS_CONNECT_TIMEOUT_S + 1.0
+        if not self.connected.is_set() and now >= deadline:
+            return f"no connection within {WEIGHTS_CONNECT_TIMEOUT_S:g} s", deadline
+        return None
+
+
+_FETCHES: dict[str, _Fetch] = {}  # url -> latest attempt
+_FETCH_LOCK = threading.Lock()
+
+
+def fetch_backbone(arch: str) -> str:
+    """Download ``arch``'s ImageNet weights into the torch hub cache (:func:`weights_url`) and
+    return the file's path; raises :class:`MetricUnavailable` with the reason when that fails.
+
+    Off when ``$GLVC_WEIGHTS_DOWNLOAD=0``.  One attempt at a time per URL; a failure is
+    remembered for :data:`WEIGHTS_RETRY_AFTER_S` seconds, during which this answers at once.
+    """
+    url = weights_url(arch)
+    if os.environ.get("GLVC_WEIGHTS_DOWNLOAD", "1").strip().lower() in ("0", "no", "false", "off"):
+        raise MetricUnavailable(f"downloads are off ($GLVC_WEIGHTS_DOWNLOAD={os.environ['GLVC_WEIGHTS_DOWNLOAD']})")
+    dst = _hub_path(arch)
+    with _FETCH_LOCK:
+        now = time.monotonic()
+        f = _FETCHES.get(url)
+        failed = f.failure(now) if f is not None else None
+        if failed is not None and now - failed[1] < WEIGHTS_RETRY_AFTER_S:
+            raise MetricUnavailable(
+                f"download from {url} failed {now - failed[1]:.0f} s ago ({failed[0]}); "
+                f"no new try for {WEIGHTS_RETRY_AFTER_S - (now - failed[1]):.0f} s"
+            )
+        if f is None or failed is not None or (f.done.is_set() and not os.path.isfile(dst)):
+            f = _FETCHES[url] = _Fetch(url, dst)
+    f.wait()
+    failed = f.failure(time.monotonic())
+    if failed is not None:
+        raise MetricUnavailable(f"download from {url} failed ({failed[0]})")
+    if not f.done.is_set():
+        raise MetricUnavailable(f"still downloading {url} (started {time.monotonic() - f.started:.0f} s ago)")
+    if not os.path.isfile(dst):
+        raise MetricUnavailable(f"downloaded {url}, but {dst} is missing")
+    return dst
+
+
+def _weights_file(arch: str) -> str:
+    """The weights file of ``arch``: given, cached, or downloaded now; else MetricUnavailable."""
     path, why = backbone_weights_path(arch)
-    if path is None:
+    if path is not None:
+        return path
+    if os.environ.get(_FILE_ENV[arch]):  # a file was named: no download in its place
         raise MetricUnavailable(why)
+    try:
+        return fetch_backbone(arch)
+    except MetricUnavailable as exc:
+        raise MetricUnavailable(f"{why}; {exc}") from None
+
+
+def _load_backbone_file(arch: str, path: str) -> dict:
     _check_canonical_hash(path, arch)
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
@@ -417,7 +660,7 @@ def _load_backbone_file(arch: str) -> tuple[dict, str]:
         raise MetricUnavailable(f"cannot read {arch} weights {path}: {exc}") from exc
     if not isinstance(sd, Mapping):
         raise MetricUnavailable(f"{path} holds a {type(sd).__name__}, not a state dict")
-    return dict(sd), path
+    return dict(sd)
 
 
 def _load_conv_backbone(containers: Sequence[torch.nn.Module], state_dict: Mapping, arch: str) -> None:
@@ -481,17 +724,15 @@ def _trunk_metric_model(
 ) -> torch.nn.Module:
     """The network of a metric built on an ImageNet trunk (LPIPS, DISTS): ``model`` as given; else
     ``build(backbone_state_dict)`` (uncached, for tests); else built from the trunk's weights file
-    (:func:`backbone_weights_path`) and cached per file and device.  Raises
-    :class:`MetricUnavailable` when there is no weights file."""
+    (:func:`backbone_weights_path`, else downloaded by :func:`fetch_backbone`) and cached per
+    file and device.  Raises :class:`MetricUnavailable` when there is no weights file."""
     if model is not None:
         return model.to(device).eval()
     if backbone_state_dict is not None:
         return build(backbone_state_dict)
-    path, why = backbone_weights_path(arch)
-    if path is None:
-        raise MetricUnavailable(why)
+    path = _weights_file(arch)
     st = os.stat(path)
-    return _cached((*key, str(device), path, st.st_mtime, st.st_size), lambda: build(_load_backbone_file(arch)[0]))
+    return _cached((*key, str(device), path, st.st_mtime, st.st_size), lambda: build(_load_backbone_file(arch, path)))
 
 
 def _score_frames(
@@ -660,19 +901,28 @@ def compute_all(
     metrics: Sequence[str] = ALL_METRICS,
     device: str | torch.device | None = None,
     batch_frames: int = 8,
+    fps: float | None = None,
 ) -> dict[str, MetricValue]:
     """Compute several metrics; returns ``{key: MetricValue}`` in the order asked.
 
     Keys: ``psnr`` (RGB), ``psnr_y``, ``ms_ssim`` (SSIM fallback on small
-    frames), ``vmaf``, ``lpips`` (= ``lpips_alex``), ``lpips_vgg``, ``dists``.
+    frames), ``vmaf``, ``lpips`` (= ``lpips_alex``), ``lpips_vgg``, ``dists``,
+    ``cvvdp`` (needs ``fps``, the clip's frame rate; without it a clip of more
+    than one frame gets ``cvvdp`` unavailable).
     Each metric walks the clip in chunks of ``batch_frames`` frames (fewer for
-    LPIPS/DISTS on large frames, see :data:`NET_MAX_PIXELS_PER_BATCH`), so
-    memory is bounded by the chunk, on ``device`` (default: CUDA if available, else
-    CPU).  Metrics that cannot be computed come back with ``value=None`` and a
-    reason instead of raising.
+    LPIPS/DISTS on large frames, see :data:`NET_MAX_PIXELS_PER_BATCH`; ColorVideoVDP
+    one frame at a time on a CPU), so memory is bounded by the chunk, on ``device``
+    (default: CUDA if available, else CPU).  Metrics that cannot be computed come back
+    with ``value=None`` and a reason instead of raising.
     """
     ref, dist = _check_pair(ref, dist)
     dev = _resolve_device(device)
+
+    def video_metric() -> MetricValue:
+        if fps is None and ref.shape[0] > 1:
+            return _unavailable("ColorVideoVDP", "the clip's frame rate was not given (compute_all(..., fps=))")
+        return cvvdp(ref, dist, fps if fps is not None else 1.0, device=dev)
+
     table: dict[str, Callable[[], MetricValue]] = {
         "psnr": lambda: psnr_rgb(ref, dist, batch_frames=batch_frames),
         "psnr_rgb": lambda: psnr_rgb(ref, dist, batch_frames=batch_frames),
@@ -683,6 +933,7 @@ def compute_all(
         "lpips_alex": lambda: lpips(ref, dist, net="alex", device=dev, batch_frames=batch_frames),
         "lpips_vgg": lambda: lpips(ref, dist, net="vgg", device=dev, batch_frames=batch_frames),
         "dists": lambda: dists(ref, dist, device=dev, batch_frames=batch_frames),
+        "cvvdp": video_metric,
     }
     unknown = [m for m in metrics if m not in table]
     if unknown:
@@ -691,6 +942,13 @@ def compute_all(
 
 
 def format_results(results: Mapping[str, MetricValue]) -> str:
-    """One line per metric, ``"<name>  <value or unavailable: reason>"``."""
+    """One line per metric, ``"<name>  <value or unavailable: reason>"`` (ColorVideoVDP with its
+    unit and display model: ``"9.1234 JOD (standard_fhd display)"``)."""
     width = max((len(v.name) for v in results.values()), default=0)
-    return "\n".join(f"{v.name:<{width}}  {v}" for v in results.values())
+
+    def text(v: MetricValue) -> str:
+        if v.name == "ColorVideoVDP" and v.available:
+            return f"{v} JOD ({CVVDP_DISPLAY} display)"
+        return str(v)
+
+    return "\n".join(f"{v.name:<{width}}  {text(v)}" for v in results.values())

@@ -4,7 +4,7 @@ One request of the first tab::
 
     uploaded clip --read_video (downscale to max_height, trim to max_seconds)--> frames (T, H, W, 3) uint8
       -> GLVC.encode(quality=q | target_bytes=n)      .glvc bytes + the decoder's exact frames
-      -> metrics.compute_all(original, decoded)       PSNR, MS-SSIM, VMAF, LPIPS, DISTS
+      -> metrics.compute_all(original, decoded)       PSNR, MS-SSIM, VMAF, LPIPS, DISTS (+ ColorVideoVDP if asked)
       -> baselines.match_bitrate(x265, same bytes)    optional comparison, with the same metrics
       -> write_video                                  H.264 mp4s the browser plays, the .glvc file
 
@@ -472,6 +472,8 @@ def _metric_cell(value) -> str:
         return f"{value.value:.2f} dB"
     if value.name == "VMAF":
         return f"{value.value:.2f}"
+    if value.name == "ColorVideoVDP":
+        return f"{value.value:.2f} JOD"
     return f"{value.value:.4f}"
 
 
@@ -481,7 +483,29 @@ METRIC_ROWS = (
     ("vmaf", "VMAF v0.6.1 (0-100, higher is better)"),
     ("lpips", "LPIPS-Alex (lower is better)"),
     ("dists", "DISTS (lower is better)"),
+    ("cvvdp", "ColorVideoVDP (JOD, 10 = no visible difference; 24-inch FHD display)"),
 )
+VIDEO_METRIC_OFF = "not computed (ColorVideoVDP box off)"
+
+
+def video_metric_default() -> bool:
+    """Whether a request scores ColorVideoVDP unless told: with a GPU only (on 2 shared CPU cores it
+    took 88 CPU-seconds per 2 s 240p clip, twice per request with x265; docs/metrics.md)."""
+    return has_gpu()
+
+
+def _score(frames: np.ndarray, decoded: np.ndarray, fps: Fraction, video_metric: bool, stages: dict[str, float], who: str) -> dict:
+    """All metrics of one decoded clip; ColorVideoVDP (timed as a stage of its own) only if asked."""
+    from . import metrics
+
+    start = time.perf_counter()
+    scores = metrics.compute_all(frames, decoded, metrics=[k for k in metrics.ALL_METRICS if k != "cvvdp"], device=device())
+    stages[f"{who} metrics"] = time.perf_counter() - start
+    if video_metric:
+        start = time.perf_counter()
+        scores.update(metrics.compute_all(frames, decoded, metrics=("cvvdp",), device=device(), fps=fps))
+        stages[f"{who} ColorVideoVDP"] = time.perf_counter() - start
+    return scores
 
 
 def _metric_label(key: str, label: str, value) -> str:
@@ -500,8 +524,11 @@ def encode_clip(
     compare_x265: bool = True,
     workdir: str | None = None,
     progress: ProgressFn = _no_progress,
+    video_metric: bool | None = None,
 ) -> EncodeOutcome:
     """Encode an uploaded clip, score it and (optionally) x265 at the same size; write the files.
+
+    ``video_metric``: also score ColorVideoVDP (default :func:`video_metric_default`).
 
     ``workdir`` receives decoded.mp4, side_by_side.mp4 and <name>.glvc (a new temporary
     folder when None; the caller removes it). Raises :class:`UserError` for anything the user
@@ -511,6 +538,7 @@ def encode_clip(
     from .baselines import match_bitrate
 
     lim = limits()
+    video_metric = video_metric_default() if video_metric is None else bool(video_metric)
     max_height = int(max_height or lim.default_height)
     max_seconds = float(max_seconds or lim.default_seconds)
     workdir = workdir or tempfile.mkdtemp(prefix="glvc-app-")
@@ -550,9 +578,7 @@ def encode_clip(
         stages[f"GLVC {name.replace('_', ' ')}"] = seconds
 
     progress(0.6, desc="scoring GLVC")
-    start = time.perf_counter()
-    scores = metrics.compute_all(frames, decoded, device=device())
-    stages["GLVC metrics"] = time.perf_counter() - start
+    scores = _score(frames, decoded, fps, video_metric, stages, "GLVC")
 
     x265 = x265_scores = None
     x265_crf = None
@@ -562,9 +588,7 @@ def encode_clip(
         x265, x265_crf = match_bitrate(frames, fps, "x265", target_bytes=report.bytes, extra_params=X265_SERVER_PARAMS)
         stages["x265 rate search (encode + decode)"] = time.perf_counter() - start
         progress(0.85, desc="scoring x265")
-        start = time.perf_counter()
-        x265_scores = metrics.compute_all(frames, x265.decoded, device=device())
-        stages["x265 metrics"] = time.perf_counter() - start
+        x265_scores = _score(frames, x265.decoded, fps, video_metric, stages, "x265")
 
     progress(0.92, desc="writing the videos")
     start = time.perf_counter()
@@ -592,6 +616,9 @@ def encode_clip(
         ["rate setting", f"quality {report.quality}", f"CRF {x265_crf}" if x265 else "-"],
     ]
     for key, label in METRIC_ROWS:
+        if key not in scores:  # ColorVideoVDP not asked for
+            table.append([label, VIDEO_METRIC_OFF, VIDEO_METRIC_OFF if x265_scores else "-"])
+            continue
         table.append([_metric_label(key, label, scores[key]), _metric_cell(scores[key]),
                       _metric_cell(x265_scores[key]) if x265_scores else "-"])
     timings = [[stage, f"{seconds:.2f}"] for stage, seconds in stages.items()]
@@ -626,6 +653,7 @@ def encode_clip(
         "rate": {"mode": rate.mode, "target_bytes": target, "chosen_quality": report.quality},
         "glvc": report.as_dict(),
         "glvc_metrics": {k: v.value if v.available else f"unavailable: {v.unavailable_reason}" for k, v in scores.items()},
+        "cvvdp_display": metrics.CVVDP_DISPLAY if video_metric else None,
         "decoded_sha256": frames_digest(decoded),
         "stages_seconds": {k: round(v, 3) for k, v in stages.items()},
     }

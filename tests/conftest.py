@@ -25,6 +25,12 @@ import torch
 # defaults are unchanged (glvc.baselines, GLVC_X265_PARAMS); the app already runs x265 this way.
 os.environ.setdefault("GLVC_X265_PARAMS", "pools=none")
 
+# No test downloads LPIPS/DISTS backbones (VGG16 528 MB, AlexNet 233 MB) from the network, here or
+# in the app servers the tests start: those metrics come back "unavailable: ... downloads are off"
+# unless the weights are in the torch hub cache. tests/test_metrics.py turns downloads on against
+# a loopback server of its own.
+os.environ.setdefault("GLVC_WEIGHTS_DOWNLOAD", "0")
+
 TINY_TOKENIZER = dict(
     base_dim=8,
     dim_mult=[1, 2, 4],

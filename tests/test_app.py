@@ -39,12 +39,11 @@ def client(tmp_path_factory):
         tmp.undo()
 
 
-def _encode(client, path, mode="quality", quality=32, kbps=150.0, kilobytes=25.0, compare=True, **limits):
+def _encode(client, path, mode="quality", quality=32, kbps=150.0, kilobytes=25.0, compare=True, video_metric=None, **limits):
+    """``video_metric=None`` leaves the ColorVideoVDP box out of the request (its default applies)."""
     limits = {**SMALL, **limits}
-    return client.predict(
-        handle_file(path), "default", mode, quality, kbps, kilobytes, limits["max_height"], limits["max_seconds"], compare,
-        api_name="/encode",
-    )
+    args = [handle_file(path), "default", mode, quality, kbps, kilobytes, limits["max_height"], limits["max_seconds"], compare]
+    return client.predict(*args, *([] if video_metric is None else [video_metric]), api_name="/encode")
 
 
 def _frames(video_output) -> np.ndarray:
@@ -58,7 +57,7 @@ def _request_dirs() -> set[str]:
 
 @pytest.fixture(scope="module")
 def encoded(client):
-    out = _encode(client, VTEST)
+    out = _encode(client, VTEST, video_metric=True)
     return out, _request_dirs()
 
 
@@ -74,10 +73,14 @@ class TestEncodeDecode:
         for key in ("kbps", "bits per pixel", "compression ratio (vs 8-bit RGB)"):
             assert rows[key][0] != "-" and rows[key][1] != "-"  # GLVC and x265
         labels = " ".join(rows)
-        for name in ("PSNR", "SSIM", "VMAF", "LPIPS", "DISTS"):
+        for name in ("PSNR", "SSIM", "VMAF", "LPIPS", "DISTS", "ColorVideoVDP"):
             assert name in labels
+        jod = next(row[1:] for row in table["data"] if row[0].startswith("ColorVideoVDP"))
+        assert all(cell.endswith(" JOD") and float(cell.split()[0]) <= 10 for cell in jod), jod  # GLVC and x265
+        assert {"GLVC ColorVideoVDP", "x265 ColorVideoVDP"} <= {r[0] for r in stages["data"]}
+        assert details["cvvdp_display"] == "standard_fhd" and details["glvc_metrics"]["cvvdp"] <= 10
         for row in table["data"][5:]:
-            assert row[1] == "-" or row[1].startswith("unavailable: ") or row[1].split()[0].replace(".", "").isdigit()
+            assert row[1] == "-" or row[1].startswith("unavailable: ") or row[1].split()[0].replace(".", "").lstrip("-").isdigit()
         assert int(rows["bytes"][1].replace(",", "")) <= details["glvc"]["bytes"] or "larger than GLVC" in status
         assert [r[0] for r in stages["data"]][-1] == "total"
         assert _frames(sbs).shape[0] == 9
@@ -98,7 +101,11 @@ class TestEncodeDecode:
     # (0.1 kB: below quality 0, which the status line must say)
     @pytest.mark.parametrize("mode, kbps, kilobytes", [("kbps", 2.4, 25.0), ("kilobytes", 150.0, 0.3), ("kilobytes", 150.0, 0.1)])
     def test_target_modes_pick_a_quality_that_fits(self, client, mode, kbps, kilobytes):
-        status, *_, details = _encode(client, VTEST, mode=mode, kbps=kbps, kilobytes=kilobytes, compare=False)
+        status, _, _, table, *_, details = _encode(client, VTEST, mode=mode, kbps=kbps, kilobytes=kilobytes, compare=False)
+        # the ColorVideoVDP box is off by default without a GPU: the row says so
+        jod = [row[1:] for row in table["data"] if row[0].startswith("ColorVideoVDP")]
+        if not service.video_metric_default():
+            assert jod == [[service.VIDEO_METRIC_OFF, "-"]]
         target = details["rate"]["target_bytes"]
         assert target == (int(kbps * 1000 / 8 * 0.9) if mode == "kbps" else int(kilobytes * 1000))
         assert details["glvc"]["bytes"] <= target or details["glvc"]["quality"] == 0

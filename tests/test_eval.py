@@ -99,13 +99,14 @@ def test_bd_pair_sign_conventions():
     assert far["bd_metric"] == pytest.approx(-20.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_eval_smoke(tiny_model_dir, frame_clip, tmp_path):
     out = tmp_path / "eval"
     cfg = EvalConfig(
         codecs=("glvc", "x264", "x265"),
         glvc_rates=(0, 63),
         baseline_points=3,
-        metrics=("psnr", "ms_ssim", "vmaf", "lpips", "dists"),
+        metrics=("psnr", "ms_ssim", "vmaf", "lpips", "dists", "cvvdp"),
         max_frames=9,
         progress=False,
     )
@@ -121,6 +122,7 @@ def test_eval_smoke(tiny_model_dir, frame_clip, tmp_path):
             assert r["kbps"] == pytest.approx(8 * r["bytes"] * 30.0 / 9 / 1000)
             assert r["encode_fps"] > 0 and r["decode_fps"] > 0
             assert isinstance(r["psnr"], float) and isinstance(r["vmaf"], float)
+            assert isinstance(r["cvvdp"], float) and r["cvvdp"] < 10 and r["cvvdp_unavailable"] is None  # JOD (may go below 0)
             assert r["ms_ssim"] is not None and r["ms_ssim_variant"].startswith("SSIM")  # 64 px < 161 px
             for m in ("lpips", "dists"):
                 assert r[m] is None and "missing.pth" in r[f"{m}_unavailable"]
@@ -154,7 +156,15 @@ def test_eval_smoke(tiny_model_dir, frame_clip, tmp_path):
     assert f"{e['bd_rate']:+.1f} %" in md
     lp_entry = [b for b in result.bd if b["metric"] == "lpips"][0]
     assert lp_entry["bd_rate"] is None and lp_entry["bd_rate_note"].startswith("unavailable:")
-    for m in ("psnr", "ms_ssim", "vmaf"):
+    # ColorVideoVDP is higher-is-better: BD entries like PSNR's, its own RD plot
+    from glvc.evaluate import METRIC_LABELS
+    from glvc.metrics import CVVDP_DISPLAY
+
+    cv = [b for b in result.bd if b["metric"] == "cvvdp"]
+    assert cv and not any(b["lower_is_better"] or b["unavailable"] for b in cv)
+    assert data["config"]["cvvdp_display"] == CVVDP_DISPLAY and CVVDP_DISPLAY in METRIC_LABELS["cvvdp"]
+    assert METRIC_LABELS["cvvdp"] in md
+    for m in ("psnr", "ms_ssim", "vmaf", "cvvdp"):
         png = out / f"rd_{m}.png"
         assert png.stat().st_size > 5000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (out / "rd_lpips.png").exists()
@@ -200,6 +210,9 @@ def test_bench_smoke(tiny_model_dir, tmp_path, capsys):
     assert len(x["decode_seconds_all_runs"]) == 2 and x["decode_seconds"] == min(x["decode_seconds_all_runs"])
     md = (out / "bench.md").read_text()
     assert "GLVC / x265" in md and "entropy coding" in md and "tokenizer" in md
+    for side in (g, x):
+        assert side["cvvdp_jod"]["value"] <= 10 and side["cvvdp_jod"]["seconds"] > 0
+        assert f"{side['cvvdp_jod']['value']:.2f} JOD" in md
     assert "GLVC / x265" in capsys.readouterr().out
 
 

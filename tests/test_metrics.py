@@ -8,9 +8,16 @@ order, layer mapping) is right.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
+import http.server
 import math
 import os
+import socket
 import sys
+import threading
+import time
 import types
 import warnings
 
@@ -19,6 +26,8 @@ import pytest
 import torch
 
 from glvc import metrics as M
+
+_REAL_DOWNLOAD = torch.hub.download_url_to_file  # before the fixture below replaces it
 
 
 def _clip(t=4, h=48, w=64, seed=0):
@@ -65,11 +74,12 @@ def _no_downloads(monkeypatch):
 
 @pytest.fixture()
 def no_weights(monkeypatch, tmp_path):
-    """Hub cache pointed at an empty dir, env vars unset, model cache empty."""
+    """Hub cache pointed at an empty dir, env vars unset, downloads off, model cache empty."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
-    monkeypatch.delenv("GLVC_VGG16_WEIGHTS", raising=False)
-    monkeypatch.delenv("GLVC_ALEXNET_WEIGHTS", raising=False)
+    for name in ("GLVC_VGG16_WEIGHTS", "GLVC_ALEXNET_WEIGHTS", "GLVC_VGG16_URL", "GLVC_ALEXNET_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GLVC_WEIGHTS_DOWNLOAD", "0")
     M.clear_model_cache()
     yield tmp_path
     M.clear_model_cache()
@@ -178,6 +188,86 @@ def test_vmaf_too_small_is_unavailable():
     v = M.vmaf(a, a, device="cpu")
     assert v.value is None and "16x64" in v.unavailable_reason
     assert str(v).startswith("unavailable: ")
+
+
+# ---------------------------------------------------------------- ColorVideoVDP
+
+
+@pytest.mark.slow
+def test_cvvdp_identical_is_10_jod_and_falls_with_degradation():
+    a = _clip(3, 48, 64)
+    same = M.cvvdp(a, a, fps=25)
+    assert same.name == "ColorVideoVDP" and same.per_frame is None
+    assert same.value == pytest.approx(10.0, abs=1e-4)
+    noise = [M.cvvdp(a, _noise(a, s), fps=25).value for s in (4, 12, 30)]
+    blur = [M.cvvdp(a, _blur(a, s), fps=25).value for s in (1.2, 2.5)]
+    assert 10.0 > noise[0] > noise[1] > noise[2], noise
+    assert 10.0 > blur[0] > blur[1], blur
+    assert noise[2] < 8.0  # sigma 30 noise is plainly visible: far below "no difference"
+
+
+def test_cvvdp_input_errors_are_clear():
+    a = _clip(2, 16, 16)
+    with pytest.raises(TypeError, match="uint8.*float32"):
+        M.cvvdp(a, a.astype(np.float32), fps=25)
+    with pytest.raises(ValueError, match=r"\(2, 16, 16, 3\) vs \(1, 16, 16, 3\)"):
+        M.cvvdp(a, a[:1], fps=25)
+    with pytest.raises(ValueError, match=r"shape \(T, H, W, 3\), got \(2, 16, 16, 4\)"):
+        M.cvvdp(np.zeros((2, 16, 16, 4), np.uint8), np.zeros((2, 16, 16, 4), np.uint8), fps=25)
+    for bad in (0, -25, float("nan")):
+        with pytest.raises(ValueError, match="fps must be a positive number"):
+            M.cvvdp(a, a, fps=bad)
+    with pytest.raises(TypeError, match="fps must be a number"):
+        M.cvvdp(a, a, fps="fast")
+    thin = np.zeros((2, 1, 8, 3), np.uint8)
+    v = M.cvvdp(thin, thin, fps=25)
+    assert v.value is None and "1x8" in v.unavailable_reason
+
+
+def test_cvvdp_in_compute_all_needs_fps():
+    a = _clip(3, 32, 32)
+    d = _noise(a, 12)
+    without = M.compute_all(a, d, metrics=("psnr", "cvvdp"), device="cpu")
+    assert without["cvvdp"].value is None and "frame rate" in without["cvvdp"].unavailable_reason
+    res = M.compute_all(a, d, metrics=("psnr", "cvvdp"), device="cpu", fps=25)
+    assert res["cvvdp"].value == pytest.approx(M.cvvdp(a, d, fps=25).value, abs=1e-5)
+    assert 0 < res["cvvdp"].value < 10
+    assert f"JOD ({M.CVVDP_DISPLAY} display)" in M.format_results(res)
+
+
+@pytest.mark.slow
+def test_cvvdp_agrees_with_the_packages_command_line(tmp_path):
+    """Same frames through ``cvvdp --test ... --ref ... --display standard_fhd --fps 25`` (BMP frames:
+    the package reads PNGs with FreeImage, which it would download)."""
+    import subprocess
+
+    from PIL import Image
+
+    a = _clip(4, 48, 64)
+    d = _noise(_blur(a, 1.0), 6)
+    for k in range(a.shape[0]):
+        Image.fromarray(a[k]).save(tmp_path / f"ref_{k:04d}.bmp")
+        Image.fromarray(d[k]).save(tmp_path / f"test_{k:04d}.bmp")
+    exe = os.path.join(os.path.dirname(sys.executable), "cvvdp")
+    run = subprocess.run([exe, "--test", "test_%04d.bmp", "--ref", "ref_%04d.bmp", "--display", M.CVVDP_DISPLAY,
+                          "--fps", "25", "--device", "cpu", "--quiet"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    cli = float(run.stdout.strip().splitlines()[-1])
+    ours = M.cvvdp(a, d, fps=25, device="cpu").value
+    assert ours == pytest.approx(cli, abs=0.01) and cli < 9.9
+
+
+def test_cvvdp_display_model_is_the_one_documented():
+    """CVVDP_DISPLAY's docstring (and the README) describe the package's standard_fhd entry."""
+    import json
+
+    import pycvvdp
+
+    path = os.path.join(os.path.dirname(pycvvdp.__file__), "vvdp_data", "display_models.json")
+    with open(path) as f:
+        d = json.load(f)[M.CVVDP_DISPLAY]
+    assert (d["resolution"], d["diagonal_size_inches"], d["max_luminance"], d["contrast"], d["E_ambient"], d["viewing_distance_meters"]) == (
+        [1920, 1080], 24, 200, 1000, 250, 0.6)
 
 
 # ---------------------------------------------------------------- LPIPS / DISTS plumbing
@@ -300,11 +390,154 @@ def test_weights_loaded_from_env_var_and_hash_checked(no_weights, monkeypatch):
 def test_compute_all_cpu(no_weights):
     a = _clip(5, 48, 64)
     d = _noise(_blur(a, 1.0), 4)
-    res = M.compute_all(a, d, device="cpu", batch_frames=2)
+    res = M.compute_all(a, d, device="cpu", batch_frames=2, fps=25)
     assert list(res) == list(M.ALL_METRICS)
     assert 25 < res["psnr"].value < 45 and 25 < res["psnr_y"].value < 50
     assert 0.5 < res["ms_ssim"].value < 1.0
     assert 0 <= res["vmaf"].value < 100
     assert res["lpips"].value is None and res["dists"].value is None
+    assert "downloads are off" in res["lpips"].unavailable_reason
+    assert 0 < res["cvvdp"].value < 10
     assert res["psnr"].value == pytest.approx(M.psnr_rgb(a, d).value)
     assert "unavailable" in M.format_results(res)
+
+
+# ---------------------------------------------------------------- backbone downloads (loopback only)
+
+
+@contextlib.contextmanager
+def _weights_server(folder):
+    """HTTP server on 127.0.0.1 serving ``folder``; yields (base URL, list of requested paths)."""
+    hits: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", hits
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _hub_named(state_dict, folder, stem, corrupt=False):
+    """Save ``state_dict`` as ``<stem>-<sha256[:8]>.pth`` (torch hub's naming); with ``corrupt``
+    one byte is changed after naming, so the content no longer matches the name."""
+    tmp = folder / f"{stem}.tmp"
+    torch.save(state_dict, tmp)
+    data = bytearray(tmp.read_bytes())
+    name = f"{stem}-{hashlib.sha256(data).hexdigest()[:8]}.pth"
+    if corrupt:
+        data[len(data) // 2] ^= 0xFF
+    (folder / name).write_bytes(bytes(data))
+    tmp.unlink()
+    return name
+
+
+@pytest.fixture()
+def downloads(no_weights, monkeypatch):
+    """Downloads on (conftest turns them off), with torch hub's real downloader."""
+    monkeypatch.setenv("GLVC_WEIGHTS_DOWNLOAD", "1")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _REAL_DOWNLOAD)
+    yield no_weights / "torch_home" / "hub" / "checkpoints"
+
+
+def test_default_urls_are_torchvisions_and_match_the_cache_names(monkeypatch):
+    import torchvision.models as tvm
+
+    monkeypatch.delenv("GLVC_VGG16_URL", raising=False)
+    monkeypatch.delenv("GLVC_ALEXNET_URL", raising=False)
+    assert M.weights_url("vgg16") == tvm.VGG16_Weights.IMAGENET1K_V1.url
+    assert M.weights_url("alexnet") == tvm.AlexNet_Weights.IMAGENET1K_V1.url
+    assert M.weights_url("vgg16").endswith("/vgg16-397923af.pth")
+    assert M.weights_url("alexnet").endswith("/alexnet-owt-7be5be79.pth")
+
+
+@pytest.mark.slow
+def test_lpips_and_dists_download_their_backbones(downloads, tmp_path, monkeypatch):
+    a = _clip(1, 64, 64)
+    d = _noise(_blur(a, 1.0), 6)
+    _, alex = _lpips_reference("alex")
+    _, vgg = _lpips_reference("vgg")
+    vgg = {k: v.half() for k, v in vgg.items()}  # 29 MB instead of 59 MB; loaded into float32 layers
+    served = tmp_path / "served"
+    served.mkdir()
+    names = {"alexnet": _hub_named(alex, served, "alexnet"), "vgg16": _hub_named(vgg, served, "vgg16")}
+    with _weights_server(served) as (base, hits):
+        monkeypatch.setenv("GLVC_ALEXNET_URL", base + names["alexnet"])
+        monkeypatch.setenv("GLVC_VGG16_URL", base + names["vgg16"])
+        got = {
+            "alex": M.lpips(a, d, net="alex", device="cpu"),
+            "vgg": M.lpips(a, d, net="vgg", device="cpu"),
+            "dists": M.dists(a, d, device="cpu"),
+        }
+        assert sorted(hits) == sorted("/" + n for n in names.values())  # one request per file
+        # the cached files serve later calls without asking the server again
+        M.clear_model_cache()
+        assert M.lpips(a, d, net="alex", device="cpu").value == pytest.approx(got["alex"].value, rel=1e-6)
+        assert len(hits) == 2
+    for name in names.values():
+        assert (downloads / name).read_bytes() == (served / name).read_bytes()
+    # the numbers are those of the served weights (not of a random trunk)
+    assert got["alex"].value == pytest.approx(M.lpips(a, d, net="alex", device="cpu", backbone_state_dict=alex).value, rel=1e-6)
+    assert got["vgg"].value == pytest.approx(M.lpips(a, d, net="vgg", device="cpu", backbone_state_dict=vgg).value, rel=1e-6)
+    assert got["dists"].value == pytest.approx(M.dists(a, d, device="cpu", backbone_state_dict=vgg).value, rel=1e-6)
+    assert all(v.value > 0 for v in got.values())
+
+
+def test_download_with_wrong_hash_is_refused_and_remembered(downloads, tmp_path, monkeypatch):
+    a = _clip(2, 64, 64)
+    _, alex = _lpips_reference("alex")
+    served = tmp_path / "served"
+    served.mkdir()
+    name = _hub_named(alex, served, "alexnet", corrupt=True)
+    with _weights_server(served) as (base, hits):
+        monkeypatch.setenv("GLVC_ALEXNET_URL", base + name)
+        v = M.lpips(a, a, net="alex", device="cpu")
+        assert v.value is None and "invalid hash value" in v.unavailable_reason and name in v.unavailable_reason
+        assert hits == ["/" + name]
+        assert not downloads.exists() or not list(downloads.iterdir())  # nothing kept, not even a .partial
+        again = M.lpips(a, a, net="alex", device="cpu")  # remembered: no second request
+        assert again.value is None and "no new try" in again.unavailable_reason and hits == ["/" + name]
+
+
+def _closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_offline_download_is_unavailable_within_seconds(downloads, monkeypatch):
+    a = _clip(1, 32, 32)
+    monkeypatch.setenv("GLVC_VGG16_URL", f"http://127.0.0.1:{_closed_port()}/vgg16-397923af.pth")
+    start = time.perf_counter()
+    v = M.dists(a, a, device="cpu")
+    first = time.perf_counter() - start
+    assert v.value is None and "download from" in v.unavailable_reason and "refused" in v.unavailable_reason.lower()
+    assert first < 5.0, first
+    start = time.perf_counter()
+    again = M.lpips(a, a, net="vgg", device="cpu")  # same file: the failure is remembered
+    assert again.value is None and "no new try" in again.unavailable_reason
+    assert time.perf_counter() - start < 1.0
+
+
+def test_download_from_a_server_that_never_answers_gives_up(downloads, monkeypatch):
+    """A listener that accepts the connection (the kernel does) but never replies: the request
+    stops waiting after WEIGHTS_STALL_S without data."""
+    monkeypatch.setattr(M, "WEIGHTS_STALL_S", 1.0)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        monkeypatch.setenv("GLVC_ALEXNET_URL", f"http://127.0.0.1:{listener.getsockname()[1]}/alexnet-owt-7be5be79.pth")
+        start = time.perf_counter()
+        v = M.lpips(_clip(1, 32, 32), _clip(1, 32, 32), device="cpu")
+        assert time.perf_counter() - start < 5.0
+        assert v.value is None and "no data for 1 s" in v.unavailable_reason
