@@ -269,7 +269,9 @@ def unpack_header(data: bytes) -> tuple[Header, _Reader]:
     reader.take(4, "magic")
     version = reader.u8("version")
     if version != VERSION:
-        raise BitstreamError(f"unsupported format version {version}; this decoder reads version {VERSION}")
+        made_by = "a newer GLVC: update GLVC" if version > VERSION else "an older GLVC: decode it with that release"
+        raise BitstreamError(f"unsupported format version {version}; this decoder reads version {VERSION} "
+                             f"(the stream was written by {made_by}, or encode the video again)")
     if stored_crc != actual_crc:
         raise BitstreamError(
             f"checksum mismatch: stream says CRC-32 {stored_crc:08x}, content has {actual_crc:08x} "

@@ -12,8 +12,9 @@
 Decoding mirrors it unit by unit. Both directions stream one latent frame (4 pixel frames)
 at a time, so memory does not grow with the clip's length unless the caller keeps the frames.
 
-The model fingerprint in the header is a hash of both configs and all weights; a stream
-made by another model is refused with :class:`~glvc.bitstream.BitstreamError`.
+The model fingerprint in the header is a hash of both configs and all weights as stored
+(the rANS tables included, never recomputed at load); a stream made by another model is
+refused with :class:`~glvc.bitstream.BitstreamError`.
 """
 
 from __future__ import annotations
@@ -142,7 +143,8 @@ class GLVC:
             raise ValueError(f"codec has {codec.max_quality + 1} quality levels, the format holds {bitstream.MAX_QUALITY + 1}")
         self.tokenizer = tokenizer
         self.codec = codec.eval().requires_grad_(False)
-        self.codec.prepare_entropy_coders()
+        if not self.codec.entropy_coders_ready:  # a codec fresh from training; loaded ones keep their stored tables
+            self.codec.prepare_entropy_coders()
         self.tokenizer_source = tokenizer_source  # {"name_or_path", "subfolder"} when the tokenizer comes from elsewhere
         if segment < 0:
             raise ValueError(f"tokenizer segment must be >= 0 latent frames, got {segment}")
@@ -203,7 +205,10 @@ class GLVC:
 
     @property
     def fingerprint(self) -> bytes:
-        """16-byte hash of the tokenizer and codec configs and weights (entropy tables included)."""
+        """16-byte hash of the tokenizer and codec configs and weights (entropy tables included).
+
+        For a loaded model these are the tensors of its files, bit for bit: nothing hashed here is
+        derived at load, so every machine computes the same fingerprint (tests/test_golden.py)."""
         if self._fingerprint is None:
             digest = hashlib.sha256()
             for name, module in (("tokenizer", self.tokenizer.vae), ("codec", self.codec)):
@@ -408,7 +413,9 @@ class GLVC:
         header = container.header
         if header.fingerprint != self.fingerprint:
             raise BitstreamError(
-                f"stream was made by model {header.fingerprint.hex()}, this decoder is model {self.fingerprint.hex()}"
+                f"stream was made by model {header.fingerprint.hex()}, this decoder is model {self.fingerprint.hex()}: "
+                "decode it with the model that made it (the same configs and weights files; `python -m glvc info` "
+                "shows a stream's model)"
             )
         if header.segment != self.segment:
             raise BitstreamError(f"stream uses tokenizer segments of {header.segment} latent frames, this model {self.segment}")

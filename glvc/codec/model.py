@@ -27,6 +27,8 @@ and the encoder derives everything that conditions the entropy model from decode
 from __future__ import annotations
 
 import contextlib
+import decimal
+import functools
 import math
 import os
 import threading
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
-from compressai.models.base import CompressionModel, get_scale_table
+from compressai.models.base import SCALES_LEVELS, SCALES_MAX, SCALES_MIN, CompressionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -72,6 +74,39 @@ def rans_input(string: bytes, symbols: int, what: str) -> bytes:
     if len(string) > limit:
         raise BitstreamError(f"{what} is {len(string)} bytes, more than {symbols} symbols can take ({limit})")
     return bytes(string) + bytes(RANS_PAD_PER_BYTE * len(string) + RANS_PAD_PER_SYMBOL * symbols + RANS_PAD_BYTES)
+
+
+# ---------------------------------------------------------------------------- machine-independent numbers
+# Anything that conditions the entropy coder must be the same bits on every machine. torch's
+# ``exp`` and ``linspace`` are not: they take a vectorised path chosen by the CPU (measured:
+# ``linspace`` with ``ATEN_CPU_CAPABILITY=default`` rounds 13 of compressai's 64 scale-table
+# points differently from AVX2, whose kernel rounds once, as a fused multiply-add would).
+# The numbers below use only correctly rounded arithmetic: Python's ``decimal`` (software, the
+# same everywhere) and float64 operations that are exact, then one rounding to float32.
+_EXACT = decimal.Context(prec=40)
+
+
+@functools.lru_cache(maxsize=256)
+def exact_exp_float32(values: tuple[float, ...]) -> tuple[float, ...]:
+    """exp of each value, computed to 40 digits in software and rounded to float32 (as Python floats).
+
+    The result does not depend on the CPU, the SIMD width or the math library."""
+    return tuple(float(torch.tensor(float(_EXACT.exp(decimal.Decimal(v))), dtype=torch.float32)) for v in values)
+
+
+def scale_table() -> torch.Tensor:
+    """The GaussianConditional's scale table (64,) float32, the same bits on every machine.
+
+    compressai's ``get_scale_table`` is ``exp(linspace(log 0.11, log 256, 64))`` in float32 torch
+    ops. Here each point of the line is ``start + step * i`` (or ``end - step * (63 - i)`` for the
+    upper half, as ATen does) from float32 ``start``, ``end`` and ``step``, computed exactly in
+    float64 and rounded once; its exp comes from :func:`exact_exp_float32`. This equals what
+    compressai gives on an AVX2 or AVX-512 CPU, bit for bit (tests/test_golden.py)."""
+    f32 = lambda x: float(torch.tensor(x, dtype=torch.float32))  # noqa: E731  round to nearest float32
+    start, end, n = f32(math.log(SCALES_MIN)), f32(math.log(SCALES_MAX)), SCALES_LEVELS
+    step = f32(f32(end - start) / (n - 1))  # float32 subtraction and division, each rounded once
+    points = [f32(start + step * i) if i < n // 2 else f32(end - step * (n - 1 - i)) for i in range(n)]
+    return torch.tensor(exact_exp_float32(tuple(points)), dtype=torch.float32)
 
 
 @contextlib.contextmanager
@@ -188,13 +223,27 @@ class LatentCodec(CompressionModel, ConfigMixin):
         quality = torch.as_tensor(quality, dtype=torch.float32)
         return quality.clamp(0, self.max_quality) / self.max_quality * (self.config.num_anchors - 1)
 
-    def quantization_scale(self, quality: torch.Tensor | float) -> torch.Tensor:
-        """(B,) or scalar quality -> (B, M, 1, 1) scale, geometric interpolation between anchors."""
+    def _log_quantization_scale(self, quality: torch.Tensor | float) -> torch.Tensor:
+        """(B,) or scalar quality -> (B, M) log scale, linear interpolation between anchors.
+
+        Elementwise float32 products and sums only: each is rounded once by IEEE 754, so the
+        result is the same bits on every CPU."""
         pos = self.anchor_position(quality).to(self.log_quant_scale.device).reshape(-1)
         low = pos.floor().clamp(max=self.config.num_anchors - 2).long()
         frac = (pos - low.float()).unsqueeze(1)
-        log_s = (1 - frac) * self.log_quant_scale[low] + frac * self.log_quant_scale[low + 1]
-        return log_s.exp()[:, :, None, None]
+        return (1 - frac) * self.log_quant_scale[low] + frac * self.log_quant_scale[low + 1]
+
+    def quantization_scale(self, quality: torch.Tensor | float) -> torch.Tensor:
+        """(B,) or scalar quality -> (B, M, 1, 1) scale, geometric interpolation between anchors (training)."""
+        return self._log_quantization_scale(quality).exp()[:, :, None, None]
+
+    def coding_scale(self, quality: int) -> torch.Tensor:
+        """The scale (1, M, 1, 1) float32 that entropy coding uses at an integer ``quality``: as
+        :meth:`quantization_scale`, but its exp is :func:`exact_exp_float32`, the same bits on
+        every machine (torch's vectorised ``exp`` depends on the CPU)."""
+        with torch.no_grad():
+            log_s = self._log_quantization_scale(int(quality)).detach().cpu().reshape(-1)
+        return torch.tensor(exact_exp_float32(tuple(log_s.tolist())), dtype=torch.float32).view(1, -1, 1, 1)
 
     def rd_lambda(self, quality: torch.Tensor | float) -> torch.Tensor:
         """Training trade-off for a quality index, geometric interpolation between anchor lambdas."""
@@ -274,7 +323,7 @@ class LatentCodec(CompressionModel, ConfigMixin):
             medians = self.entropy_bottleneck._get_medians().detach().view(1, -1, 1, 1)
             hz_hat = self.entropy_bottleneck.quantize(hz, "dequantize", medians)
             means, scales = self._entropy_params(hz_hat, context)
-            s = self.quantization_scale(int(quality))
+            s = self.coding_scale(quality)
             means_s = means * s
             indexes = self.gaussian_conditional.build_indexes(scales * s)
             y_string = self.gaussian_conditional.compress(y * s, indexes, means_s)[0]
@@ -305,7 +354,7 @@ class LatentCodec(CompressionModel, ConfigMixin):
             memory = self._memory(state, hz_hat.new_empty(1, 1, h, w))
             context = self.context_net(memory)
             means, scales = self._entropy_params(hz_hat, context)
-            s = self.quantization_scale(int(quality))
+            s = self.coding_scale(quality)
             means_s = means * s
             indexes = self.gaussian_conditional.build_indexes(scales * s)
             y_hat_s = self.gaussian_conditional.decompress([y_string], indexes, means=means_s)
@@ -314,8 +363,19 @@ class LatentCodec(CompressionModel, ConfigMixin):
 
     # ------------------------------------------------------------------ persistence
     def prepare_entropy_coders(self) -> None:
-        """Compute the rANS tables from the learned densities (after training or loading)."""
-        self.update(scale_table=get_scale_table(), force=True)
+        """Compute the rANS tables from the learned densities (after training, before saving).
+
+        The tables are saved with the weights and used as stored when loaded: they are never
+        recomputed at load, so they are the same bits on every machine that loads the file.
+        The scale table is :func:`scale_table` (machine-independent); the CDFs come from
+        compressai's float32 code on the machine that saves."""
+        self.update(scale_table=scale_table(), force=True)
+
+    @property
+    def entropy_coders_ready(self) -> bool:
+        """Whether the rANS tables exist (loaded or computed)."""
+        gc = self.gaussian_conditional
+        return bool(self.entropy_bottleneck._quantized_cdf.numel() and gc._quantized_cdf.numel() and gc.scale_table.numel())
 
     def save_pretrained(self, directory: str) -> None:
         """Write ``config.json`` and ``model.safetensors`` (with the rANS tables) into ``directory``."""
@@ -340,6 +400,6 @@ class LatentCodec(CompressionModel, ConfigMixin):
         config = cls.load_config(config_path)
         model = cls.from_config(config)
         model.load_state_dict(load_file(weights_path))
-        if model.entropy_bottleneck._quantized_cdf.numel() == 0:
+        if not model.entropy_coders_ready:  # a file saved without them (not by save_pretrained)
             model.prepare_entropy_coders()
         return model.eval()
