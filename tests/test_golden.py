@@ -148,7 +148,10 @@ def test_decode_matrix(tmp_path):
     results = run_matrix([(e["model_dir"], e["path"]) for e in entries], str(tmp_path))
     rows = compare(results, entries)
     assert [r["setting"] for r in rows] == list(SETTINGS)
+    assert sum("skipped" not in r for r in rows) >= len(SETTINGS) - 2, rows  # at most the AVX2/AVX-512 ones
     for row in rows:
+        if "skipped" in row:
+            continue
         assert row["latents_identical"], row
         assert row["max_pixel_diff"] <= min(e["max_pixel_diff"] for e in entries), row
     assert results["ATEN_CPU_CAPABILITY=default"]["capability"] == "DEFAULT"
