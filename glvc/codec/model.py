@@ -184,7 +184,7 @@ def index_thresholds(table: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     softplus(p) * s > t  <=>  p > log(expm1(x)) with x = t / s (rounded to float64), and
     k > T * 2**ACT_BITS  <=>  k > floor(T * 2**ACT_BITS). The floor is taken from float64 ``math`` when the
     value is more than 1e-6 + 1e-11 |value| from an integer (libm is far more accurate than that),
-    else from 34-digit ``decimal``; so it is the exact floor, the same on every machine."""
+    else from 40-digit ``decimal``; so it is the exact floor, the same on every machine."""
     rows = []
     for s in scale.reshape(-1).tolist():
         row = []
