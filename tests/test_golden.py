@@ -126,7 +126,7 @@ print(json.dumps({"capability": torch.backends.cpu.get_cpu_capability(),
 
 def test_scale_table_is_the_same_where_compressais_is_not():
     """The failure of issue 12, kept as a test: compressai's table depends on ATen's capability
-    (13 of 64 points differ under ``default`` on AVX2), ours does not."""
+    (its ``linspace`` rounds 13 of 64 points differently under ``default`` on AVX2), ours does not."""
     out = {}
     for capability in ("default", "avx2"):
         env = {**os.environ, "ATEN_CPU_CAPABILITY": capability, "PYTHONPATH": ROOT}
