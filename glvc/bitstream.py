@@ -4,12 +4,14 @@ This module imports no torch. It knows nothing about networks; it only turns a
 :class:`Header` plus a list of :class:`FrameUnit` payloads into bytes and back, and
 rejects malformed input with :class:`BitstreamError`.
 
-Format, version 1 (all integers little-endian; ``varint`` is unsigned LEB128, at most
-10 bytes)::
+Format, version 2 (all integers little-endian; ``varint`` is unsigned LEB128, at most
+10 bytes). Version 2 has the container of version 1; what changed is the payload's meaning:
+the codec computes everything that conditions its entropy coder in exact arithmetic
+(``glvc/codec/model.py``), so a version 1 stream would decode to other latents and is refused::
 
     offset  field
     0       magic            4 bytes  b"GLVC"
-    4       version          u8       1
+    4       version          u8       2
     5       flags            u8       reserved, must be 0
     6       model fingerprint 16 bytes  (hash of tokenizer + codec configs and weights)
     22      width            varint   original width in pixels   (1 .. 8192)
@@ -45,7 +47,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 MAGIC = b"GLVC"
-VERSION = 1
+VERSION = 2
 FINGERPRINT_BYTES = 16
 
 MAX_SIDE = 8192
@@ -269,7 +271,9 @@ def unpack_header(data: bytes) -> tuple[Header, _Reader]:
     reader.take(4, "magic")
     version = reader.u8("version")
     if version != VERSION:
-        raise BitstreamError(f"unsupported format version {version}; this decoder reads version {VERSION}")
+        made_by = "a newer GLVC: update GLVC" if version > VERSION else "an older GLVC: decode it with that release"
+        raise BitstreamError(f"unsupported format version {version}; this decoder reads version {VERSION} "
+                             f"(the stream was written by {made_by}, or encode the video again)")
     if stored_crc != actual_crc:
         raise BitstreamError(
             f"checksum mismatch: stream says CRC-32 {stored_crc:08x}, content has {actual_crc:08x} "

@@ -12,8 +12,9 @@
 Decoding mirrors it unit by unit. Both directions stream one latent frame (4 pixel frames)
 at a time, so memory does not grow with the clip's length unless the caller keeps the frames.
 
-The model fingerprint in the header is a hash of both configs and all weights; a stream
-made by another model is refused with :class:`~glvc.bitstream.BitstreamError`.
+The model fingerprint in the header is a hash of both configs and all weights as stored
+(the rANS tables included, never recomputed at load); a stream made by another model is
+refused with :class:`~glvc.bitstream.BitstreamError`.
 """
 
 from __future__ import annotations
@@ -154,7 +155,8 @@ class GLVC:
             raise ValueError(f"codec has {codec.max_quality + 1} quality levels, the format holds {bitstream.MAX_QUALITY + 1}")
         self.tokenizer = tokenizer
         self.codec = codec.eval().requires_grad_(False)
-        self.codec.prepare_entropy_coders()
+        if not self.codec.entropy_coders_ready:  # a codec fresh from training; loaded ones keep their stored tables
+            self.codec.prepare_entropy_coders()
         self.tokenizer_source = tokenizer_source  # {"name_or_path", "subfolder"} when the tokenizer comes from elsewhere
         if segment < 0:
             raise ValueError(f"tokenizer segment must be >= 0 latent frames, got {segment}")
@@ -218,12 +220,19 @@ class GLVC:
 
     @property
     def fingerprint(self) -> bytes:
-        """16-byte hash of the tokenizer and codec configs and weights (entropy tables included)."""
+        """16-byte hash of the tokenizer and codec configs and weights (entropy tables included).
+
+        For a loaded model these are the tensors of its files, bit for bit: nothing hashed here is
+        derived at load, so every machine computes the same fingerprint (tests/test_golden.py)."""
         if self._fingerprint is None:
             digest = hashlib.sha256()
             for name, module in (("tokenizer", self.tokenizer.vae), ("codec", self.codec)):
                 digest.update(name.encode())
-                config = {k: v for k, v in dict(module.config).items() if not k.startswith("_")}  # not paths/versions
+                # not paths/versions; options added later, at the value that means "off", are left out so
+                # that models saved before the option existed keep their fingerprint (and their streams)
+                neutral = getattr(module, "fingerprint_neutral_options", {})
+                config = {k: v for k, v in dict(module.config).items()
+                          if not k.startswith("_") and not (k in neutral and v == neutral[k])}
                 digest.update(json.dumps(config, sort_keys=True, default=str).encode())
                 for key, tensor in sorted(module.state_dict().items()):
                     digest.update(key.encode())
@@ -430,7 +439,8 @@ class GLVC:
 
             raise BitstreamError(
                 f"stream was made by model {named(header.fingerprint)}, this decoder is model {named(self.fingerprint)}: "
-                "decode it with the model that made it (--model DIR in the command line)"
+                "decode it with the model that made it (--model DIR in the command line; `python -m glvc info` "
+                "shows a stream's model)"
             )
         if header.segment != self.segment:
             raise BitstreamError(f"stream uses tokenizer segments of {header.segment} latent frames, this model {self.segment}")

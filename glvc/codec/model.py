@@ -20,15 +20,23 @@ tokenizer's normalised latent (h = H/8, w = W/8)::
 Per-stream state (the memory) is passed in and returned, never kept on the module, so
 one loaded codec can serve many streams at once.
 
-Entropy coding is deterministic only if the encoder and the decoder compute ``scales``
-(and hence the CDF indexes) bit-identically. ``compress_frame``/``decompress_frame``
-therefore run on the CPU in float32 with one intra-op thread (:func:`deterministic_cpu`),
-and the encoder derives everything that conditions the entropy model from decoded data.
+Entropy coding is deterministic only if the encoder and the decoder compute ``means`` and
+the CDF indexes bit-identically, on every machine. ``compress_frame``/``decompress_frame``
+therefore run everything the decoder computes (context, hyperprior synthesis, entropy
+parameters, synthesis, memory update) in exact arithmetic (:class:`ExactRunner`): weights and
+activations on fixed binary grids, carried in float64 where every product and sum is exact, so
+no SIMD width, kernel library, summation order or thread count can change a bit. ``softplus``
+is never evaluated: the CDF index compares the pre-activation with integer thresholds
+(:func:`index_thresholds`). The encoder derives everything from decoded data. Training
+(:meth:`LatentCodec.forward`) stays in float32; the exact path differs from it by the grids'
+rounding only (measured: docs/bitstream.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import decimal
+import functools
 import math
 import os
 import threading
@@ -37,7 +45,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
-from compressai.models.base import CompressionModel, get_scale_table
+from compressai.models.base import SCALES_LEVELS, SCALES_MAX, SCALES_MIN, CompressionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -74,6 +82,126 @@ def rans_input(string: bytes, symbols: int, what: str) -> bytes:
     if len(string) > limit:
         raise BitstreamError(f"{what} is {len(string)} bytes, more than {symbols} symbols can take ({limit})")
     return bytes(string) + bytes(RANS_PAD_PER_BYTE * len(string) + RANS_PAD_PER_SYMBOL * symbols + RANS_PAD_BYTES)
+
+
+# ---------------------------------------------------------------------------- machine-independent numbers
+# Anything that conditions the entropy coder must be the same bits on every machine. torch's
+# ``exp`` and ``linspace`` are not: they take a vectorised path chosen by the CPU (measured:
+# ``linspace`` with ``ATEN_CPU_CAPABILITY=default`` rounds 13 of compressai's 64 scale-table
+# points differently from AVX2, whose kernel rounds once, as a fused multiply-add would).
+# The numbers below use only correctly rounded arithmetic: Python's ``decimal`` (software, the
+# same everywhere) and float64 operations that are exact, then one rounding to float32.
+_EXACT = decimal.Context(prec=40)
+
+
+@functools.lru_cache(maxsize=256)
+def exact_exp_float32(values: tuple[float, ...]) -> tuple[float, ...]:
+    """exp of each value, computed to 40 digits in software and rounded to float32 (as Python floats).
+
+    The result does not depend on the CPU, the SIMD width or the math library."""
+    return tuple(float(torch.tensor(float(_EXACT.exp(decimal.Decimal(v))), dtype=torch.float32)) for v in values)
+
+
+def scale_table() -> torch.Tensor:
+    """The GaussianConditional's scale table (64,) float32, the same bits on every machine.
+
+    compressai's ``get_scale_table`` is ``exp(linspace(log 0.11, log 256, 64))`` in float32 torch
+    ops. Here each point of the line is ``start + step * i`` (or ``end - step * (63 - i)`` for the
+    upper half, as ATen does) from float32 ``start``, ``end`` and ``step``, computed exactly in
+    float64 and rounded once; its exp comes from :func:`exact_exp_float32`. This equals what
+    compressai gives on an AVX2 or AVX-512 CPU, bit for bit (tests/test_golden.py)."""
+    f32 = lambda x: float(torch.tensor(x, dtype=torch.float32))  # noqa: E731  round to nearest float32
+    start, end, n = f32(math.log(SCALES_MIN)), f32(math.log(SCALES_MAX)), SCALES_LEVELS
+    step = f32(f32(end - start) / (n - 1))  # float32 subtraction and division, each rounded once
+    points = [f32(start + step * i) if i < n // 2 else f32(end - step * (n - 1 - i)) for i in range(n)]
+    return torch.tensor(exact_exp_float32(tuple(points)), dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------- exact arithmetic
+# Weights are rounded to multiples of 2**-WEIGHT_BITS, activations to multiples of 2**-ACT_BITS
+# (and clamped to +-ACT_LIMIT); both are held in float64. A product is then a multiple of
+# 2**-(WEIGHT_BITS + ACT_BITS) and every partial sum of a convolution is such a multiple smaller
+# than 2**(53 - WEIGHT_BITS - ACT_BITS) (checked per layer: ACT_LIMIT * max L1 norm of a filter +
+# max |bias|), so float64 holds every intermediate result exactly: any order of summation, with
+# or without FMA, gives the same bits. Nonlinearities are one correctly rounded float64 operation
+# (leaky ReLU: one product) followed by the rounding to the grid.
+WEIGHT_BITS = 20
+ACT_BITS = 16
+ACT_LIMIT = 2.0**10
+_EXACT_SUM_LIMIT = 2.0 ** (53 - WEIGHT_BITS - ACT_BITS)
+
+
+def to_grid(x: torch.Tensor, bits: int = ACT_BITS, limit: float | None = ACT_LIMIT) -> torch.Tensor:
+    """``x`` rounded to the nearest multiple of 2**-bits (ties to even), float64; clamped to +-limit."""
+    x = torch.round(x.to(torch.float64) * 2.0**bits) / 2.0**bits
+    return x.clamp_(-limit, limit) if limit is not None else x
+
+
+class ExactRunner:
+    """Runs the codec's convolutional blocks in exact grid arithmetic (see above).
+
+    Holds the grid-rounded float64 copies of the weights, made on first use and remade when a
+    weight changes (``Tensor._version``). ``run`` accepts nn.Sequential of Conv2d, LeakyReLU,
+    PixelShuffle and :class:`ResidualBlock`; inputs must be on the activation grid."""
+
+    def __init__(self) -> None:
+        self._weights: dict[int, tuple[tuple[int, int], torch.Tensor, torch.Tensor]] = {}
+
+    def _conv_weights(self, conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (conv.weight._version, conv.bias._version)
+        cached = self._weights.get(id(conv))
+        if cached is None or cached[0] != key:
+            weight = to_grid(conv.weight.detach().cpu(), WEIGHT_BITS, None)
+            bias = to_grid(conv.bias.detach().cpu(), WEIGHT_BITS + ACT_BITS, None)
+            worst = ACT_LIMIT * weight.abs().flatten(1).sum(1).max().item() + bias.abs().max().item()
+            if worst >= _EXACT_SUM_LIMIT:
+                raise ValueError(f"a {tuple(weight.shape)} convolution can sum to {worst:.0f}, beyond the "
+                                 f"{_EXACT_SUM_LIMIT:.0f} that exact arithmetic allows: lower WEIGHT_BITS or ACT_LIMIT")
+            cached = (key, weight, bias)
+            self._weights[id(conv)] = cached
+        return cached[1], cached[2]
+
+    def run(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(module, nn.Sequential):
+            for child in module:
+                x = self.run(child, x)
+            return x
+        if isinstance(module, nn.Conv2d):
+            weight, bias = self._conv_weights(module)
+            return to_grid(F.conv2d(x, weight, bias, module.stride, module.padding))
+        if isinstance(module, nn.LeakyReLU):
+            return to_grid(F.leaky_relu(x, module.negative_slope))
+        if isinstance(module, nn.PixelShuffle):
+            return F.pixel_shuffle(x, module.upscale_factor)
+        if isinstance(module, ResidualBlock):
+            inner = self.run(module.conv1, to_grid(F.leaky_relu(x, 0.1)))
+            return to_grid(x + self.run(module.conv2, to_grid(F.leaky_relu(inner, 0.1))))
+        raise TypeError(f"no exact form for {type(module).__name__}")
+
+
+def index_thresholds(table: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """(M, L-1) int64 thresholds K such that the CDF index of a scale pre-activation ``p = k * 2**-ACT_BITS``
+    in channel c is ``#{i : k > K[c, i]}``, i.e. the number of table entries below softplus(p) * scale[c].
+
+    softplus(p) * s > t  <=>  p > log(expm1(x)) with x = t / s (rounded to float64), and
+    k > T * 2**ACT_BITS  <=>  k > floor(T * 2**ACT_BITS). The floor is taken from float64 ``math`` when the
+    value is more than 1e-6 + 1e-11 |value| from an integer (libm is far more accurate than that),
+    else from 40-digit ``decimal``; so it is the exact floor, the same on every machine."""
+    rows = []
+    for s in scale.reshape(-1).tolist():
+        row = []
+        for t in table[:-1].tolist():
+            x = t / s
+            value = (x + math.log(-math.expm1(-x))) * 2.0**ACT_BITS  # log(expm1(x)), without overflow
+            nearest = round(value)
+            if abs(value - nearest) > 1e-6 + 1e-11 * abs(value):
+                row.append(math.floor(value))
+            else:
+                d = decimal.Decimal(x)
+                exact = _EXACT.multiply(_EXACT.add(d, _EXACT.ln(_EXACT.subtract(1, _EXACT.exp(-d)))), 2**ACT_BITS)
+                row.append(int(exact.to_integral_value(rounding=decimal.ROUND_FLOOR)))
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.int64)
 
 
 @contextlib.contextmanager
@@ -139,6 +267,9 @@ class LatentCodec(CompressionModel, ConfigMixin):
     """
 
     config_name = "config.json"
+    # options added after the first models were saved, at the value that leaves the model as it was:
+    # left out of the model fingerprint (glvc.pipeline.GLVC.fingerprint), so those models keep theirs
+    fingerprint_neutral_options = {"hyper_gain": False}
     spatial_stride = 4  # two stride-2 stages: y at h/2, hyper-latent at h/4
 
     @register_to_config
@@ -185,6 +316,8 @@ class LatentCodec(CompressionModel, ConfigMixin):
 
         self.entropy_bottleneck = EntropyBottleneck(k)
         self.gaussian_conditional = GaussianConditional(None)
+        self._exact = ExactRunner()  # grid-rounded weights for entropy coding (model-derived, not per-stream)
+        self._thresholds: dict[tuple, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ rate control
     @property
@@ -196,23 +329,42 @@ class LatentCodec(CompressionModel, ConfigMixin):
         quality = torch.as_tensor(quality, dtype=torch.float32)
         return quality.clamp(0, self.max_quality) / self.max_quality * (self.config.num_anchors - 1)
 
-    def _interpolate_anchors(self, log_table: torch.Tensor, quality: torch.Tensor | float) -> torch.Tensor:
-        """(B,) or scalar quality -> (B, D, 1, 1): geometric interpolation between the rows of ``log_table`` (A, D)."""
+    def _log_interpolate(self, log_table: torch.Tensor, quality: torch.Tensor | float) -> torch.Tensor:
+        """(B,) or scalar quality -> (B, D): linear interpolation between the rows of ``log_table`` (A, D).
+
+        Elementwise float32 products and sums only: each is rounded once by IEEE 754, so the
+        result is the same bits on every CPU."""
         pos = self.anchor_position(quality).to(log_table.device).reshape(-1)
         low = pos.floor().clamp(max=self.config.num_anchors - 2).long()
         frac = (pos - low.float()).unsqueeze(1)
-        log_s = (1 - frac) * log_table[low] + frac * log_table[low + 1]
-        return log_s.exp()[:, :, None, None]
+        return (1 - frac) * log_table[low] + frac * log_table[low + 1]
+
+    def _exact_exp(self, log_table: torch.Tensor, quality: int) -> torch.Tensor:
+        """exp of the interpolated ``log_table`` row at an integer ``quality``, (1, D, 1, 1) float32,
+        through :func:`exact_exp_float32`: the same bits on every machine (torch's vectorised ``exp``
+        depends on the CPU)."""
+        with torch.no_grad():
+            log_s = self._log_interpolate(log_table, int(quality)).detach().cpu().reshape(-1)
+        return torch.tensor(exact_exp_float32(tuple(log_s.tolist())), dtype=torch.float32).view(1, -1, 1, 1)
 
     def quantization_scale(self, quality: torch.Tensor | float) -> torch.Tensor:
-        """(B,) or scalar quality -> (B, M, 1, 1) scale, geometric interpolation between anchors."""
-        return self._interpolate_anchors(self.log_quant_scale, quality)
+        """(B,) or scalar quality -> (B, M, 1, 1) scale, geometric interpolation between anchors (training)."""
+        return self._log_interpolate(self.log_quant_scale, quality).exp()[:, :, None, None]
+
+    def coding_scale(self, quality: int) -> torch.Tensor:
+        """The scale (1, M, 1, 1) float32 that entropy coding uses at an integer ``quality``: as
+        :meth:`quantization_scale`, the same bits on every machine."""
+        return self._exact_exp(self.log_quant_scale, quality)
 
     def hyper_gain(self, quality: torch.Tensor | float) -> torch.Tensor | None:
-        """(B,) or scalar quality -> (B, K, 1, 1) gain on the hyper-latent, or None without ``hyper_gain``."""
+        """(B,) or scalar quality -> (B, K, 1, 1) gain on the hyper-latent (training), or None without ``hyper_gain``."""
         if self.log_hyper_gain is None:
             return None
-        return self._interpolate_anchors(self.log_hyper_gain, quality)
+        return self._log_interpolate(self.log_hyper_gain, quality).exp()[:, :, None, None]
+
+    def coding_hyper_gain(self, quality: int) -> torch.Tensor | None:
+        """The hyper-latent gain (1, K, 1, 1) float32 that entropy coding uses, the same bits on every machine."""
+        return None if self.log_hyper_gain is None else self._exact_exp(self.log_hyper_gain, quality)
 
     def rd_lambda(self, quality: torch.Tensor | float) -> torch.Tensor:
         """Training trade-off for a quality index, geometric interpolation between anchor lambdas."""
@@ -240,15 +392,10 @@ class LatentCodec(CompressionModel, ConfigMixin):
         if h % self.spatial_stride or w % self.spatial_stride:
             raise ValueError(f"latent size {w}x{h} must be a multiple of {self.spatial_stride}: pad the video")
 
-    def _hyper_latent(self, y: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:
-        """y (B, M, h/2, w/2) -> the hyper-latent as coded (B, K, h/4, w/4), gained when the model has a gain."""
-        hz = self.hyper_analysis(y)
-        return hz if gain is None else hz * gain
-
     def _entropy_params(
         self, hz_hat: torch.Tensor, context: torch.Tensor, gain: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decoded hyper-latent (as coded) and context -> means, scales of y (B, M, h/2, w/2)."""
+        """Training: the hyper-latent as coded (gained) and the context -> means, scales of y."""
         hz_hat = hz_hat if gain is None else hz_hat / gain
         params = self.entropy_parameters(torch.cat([self.hyper_synthesis(hz_hat), self.context_down(context)], 1))
         means, scales = params.chunk(2, dim=1)
@@ -259,6 +406,43 @@ class LatentCodec(CompressionModel, ConfigMixin):
         z_hat = self.synthesis_out(features)
         new_memory = self.memory_update(torch.cat([memory, features], 1))
         return z_hat, new_memory
+
+    # ------------------------------------------------------------------ exact path (entropy coding)
+    def _exact_memory(self, state: CodecState, h: int, w: int) -> torch.Tensor:
+        """(1, Cm, h, w) float64 on the activation grid."""
+        if state.memory is not None:
+            return state.memory
+        return to_grid(self.initial_memory.detach().cpu()).expand(1, -1, h, w)
+
+    def _exact_entropy_params(self, hz_hat: torch.Tensor, context: torch.Tensor, quality: int):
+        """Exact means (1, M, h/2, w/2) float64 and CDF indexes (int32) at ``quality``, from the
+        hyper-latent as coded and the context (both on the grid); also the coding scale (1, M, 1, 1) float64."""
+        run = self._exact.run
+        gain = self.coding_hyper_gain(quality)
+        if gain is not None:
+            hz_hat = to_grid(hz_hat / gain.to(torch.float64))  # one correctly rounded division, then the grid
+        params = run(self.entropy_parameters, torch.cat([run(self.hyper_synthesis, hz_hat), run(self.context_down, context)], 1))
+        means, pre_scales = params.chunk(2, dim=1)
+        s = self.coding_scale(quality).to(torch.float64)
+        key = (self.gaussian_conditional.scale_table.numpy().tobytes(), s.numpy().tobytes())
+        thresholds = self._thresholds.get(key)
+        if thresholds is None:
+            thresholds = self._thresholds[key] = index_thresholds(self.gaussian_conditional.scale_table, s)
+            if len(self._thresholds) > 64:
+                self._thresholds.pop(next(iter(self._thresholds)))
+        k = (pre_scales * 2.0**ACT_BITS).to(torch.int64)  # exact: pre_scales is on the grid
+        m = k.shape[1]
+        indexes = torch.searchsorted(thresholds, k[0].reshape(m, -1), side="left").reshape(k.shape).int()
+        return means * s, indexes, s  # means * s is exact: 26 + 24 significant bits
+
+    def _exact_reconstruct(self, y_hat_s: torch.Tensor, s: torch.Tensor, context: torch.Tensor, memory: torch.Tensor):
+        """(z_hat (1, C, h, w) float32, new memory float64 on the grid) from y_hat * s (exact values)."""
+        run = self._exact.run
+        y_hat = to_grid(y_hat_s / s)  # one correctly rounded division, then the grid
+        features = run(self.synthesis, torch.cat([run(self.synthesis_up, y_hat), context], 1))
+        z_hat = run(self.synthesis_out, features)
+        new_memory = run(self.memory_update, torch.cat([memory, features], 1))
+        return z_hat.to(torch.float32), new_memory  # grid values below 2**10 fit float32 exactly
 
     # ------------------------------------------------------------------ training
     def forward(self, z: torch.Tensor, state: CodecState, quality: torch.Tensor) -> dict:
@@ -272,7 +456,7 @@ class LatentCodec(CompressionModel, ConfigMixin):
         context = self.context_net(memory)
         y = self.analysis(torch.cat([z, context], 1))
         gain = self.hyper_gain(quality)
-        hz = self._hyper_latent(y, gain)
+        hz = self.hyper_analysis(y) if gain is None else self.hyper_analysis(y) * gain
         hz_noisy, hz_likelihood = self.entropy_bottleneck(hz)
         medians = self.entropy_bottleneck._get_medians().detach().view(1, -1, 1, 1)
         hz_hat = hz + ((hz - medians).round() + medians - hz).detach()  # straight-through rounding
@@ -294,21 +478,21 @@ class LatentCodec(CompressionModel, ConfigMixin):
             raise ValueError(f"compress_frame codes one stream at a time, got batch {z.shape[0]}")
         with deterministic_cpu():
             z = z.detach().to("cpu", torch.float32)
-            memory = self._memory(state, z)
-            context = self.context_net(memory)
-            y = self.analysis(torch.cat([z, context], 1))
-            gain = self.hyper_gain(int(quality))
-            hz = self._hyper_latent(y, gain)
+            h, w = z.shape[-2:]
+            memory = self._exact_memory(state, h, w)
+            context = self._exact.run(self.context_net, memory)
+            y = self.analysis(torch.cat([z, context.float()], 1))  # the encoder's own analysis: float32
+            hz = self.hyper_analysis(y)
+            gain = self.coding_hyper_gain(quality)
+            hz = hz if gain is None else hz * gain  # the encoder's own: the decoder gets hz_hat from the stream
             hz_string = self.entropy_bottleneck.compress(hz)[0]
             medians = self.entropy_bottleneck._get_medians().detach().view(1, -1, 1, 1)
-            hz_hat = self.entropy_bottleneck.quantize(hz, "dequantize", medians)
-            means, scales = self._entropy_params(hz_hat, context, gain)
-            s = self.quantization_scale(int(quality))
-            means_s = means * s
-            indexes = self.gaussian_conditional.build_indexes(scales * s)
-            y_string = self.gaussian_conditional.compress(y * s, indexes, means_s)[0]
-            y_hat_s = self.gaussian_conditional.quantize(y * s, "dequantize", means_s)
-            z_hat, new_memory = self._reconstruct(y_hat_s / s, context, memory)
+            hz_hat = to_grid(self.entropy_bottleneck.quantize(hz, "dequantize", medians))
+            means_s, indexes, s = self._exact_entropy_params(hz_hat, context, quality)
+            y_s = y.to(torch.float64) * s
+            y_string = self.gaussian_conditional.compress(y_s, indexes, means_s)[0]
+            y_hat_s = torch.round(y_s - means_s) + means_s  # the symbols + means, exactly as the decoder has them
+            z_hat, new_memory = self._exact_reconstruct(y_hat_s, s, context, memory)
         payload = write_varint(len(hz_string)) + hz_string + y_string
         return payload, z_hat, CodecState(new_memory, state.frames_since_refresh + 1)
 
@@ -330,21 +514,29 @@ class LatentCodec(CompressionModel, ConfigMixin):
         hz_string = rans_input(hz_string, self.config.hyper_channels * shape[0] * shape[1], "hyper-latent")
         y_string = rans_input(y_string, self.config.y_channels * (h // 2) * (w // 2), "latent data")
         with deterministic_cpu():
-            hz_hat = self.entropy_bottleneck.decompress([hz_string], shape)
-            memory = self._memory(state, hz_hat.new_empty(1, 1, h, w))
-            context = self.context_net(memory)
-            means, scales = self._entropy_params(hz_hat, context, self.hyper_gain(int(quality)))
-            s = self.quantization_scale(int(quality))
-            means_s = means * s
-            indexes = self.gaussian_conditional.build_indexes(scales * s)
-            y_hat_s = self.gaussian_conditional.decompress([y_string], indexes, means=means_s)
-            z_hat, new_memory = self._reconstruct(y_hat_s / s, context, memory)
+            hz_hat = to_grid(self.entropy_bottleneck.decompress([hz_string], shape))
+            memory = self._exact_memory(state, h, w)
+            context = self._exact.run(self.context_net, memory)
+            means_s, indexes, s = self._exact_entropy_params(hz_hat, context, quality)
+            symbols = self.gaussian_conditional.decompress([y_string], indexes, dtype=torch.float64)
+            z_hat, new_memory = self._exact_reconstruct(symbols + means_s, s, context, memory)
         return z_hat, CodecState(new_memory, state.frames_since_refresh + 1)
 
     # ------------------------------------------------------------------ persistence
     def prepare_entropy_coders(self) -> None:
-        """Compute the rANS tables from the learned densities (after training or loading)."""
-        self.update(scale_table=get_scale_table(), force=True)
+        """Compute the rANS tables from the learned densities (after training, before saving).
+
+        The tables are saved with the weights and used as stored when loaded: they are never
+        recomputed at load, so they are the same bits on every machine that loads the file.
+        The scale table is :func:`scale_table` (machine-independent); the CDFs come from
+        compressai's float32 code on the machine that saves."""
+        self.update(scale_table=scale_table(), force=True)
+
+    @property
+    def entropy_coders_ready(self) -> bool:
+        """Whether the rANS tables exist (loaded or computed)."""
+        gc = self.gaussian_conditional
+        return bool(self.entropy_bottleneck._quantized_cdf.numel() and gc._quantized_cdf.numel() and gc.scale_table.numel())
 
     def save_pretrained(self, directory: str) -> None:
         """Write ``config.json`` and ``model.safetensors`` (with the rANS tables) into ``directory``."""
@@ -388,6 +580,6 @@ class LatentCodec(CompressionModel, ConfigMixin):
                 )
         else:
             model.load_state_dict(load_file(weights_path))
-        if model.entropy_bottleneck._quantized_cdf.numel() == 0:
+        if not model.entropy_coders_ready:  # a file saved without them (not by save_pretrained)
             model.prepare_entropy_coders()
         return model.eval()
