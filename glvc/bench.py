@@ -282,7 +282,7 @@ def run_bench(
         "command": command,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "clip": {"path": clip, "frames": t, "width": w, "height": h, "fps": float(fps), "source_size": list(video.source_size)},
-        "model": model_name or "<in-memory model>",
+        "model": _portable_path(model_name) if model_name else "<in-memory model>",
         "model_fingerprint": model.fingerprint.hex(),
         "model_load_seconds": load_seconds,
         "warmup": warmup,
@@ -355,6 +355,15 @@ def run_bench(
         with open(os.path.join(out_dir, "bench.md"), "w") as f:
             f.write(record["markdown"])
     return record
+
+
+def _portable_path(path: str) -> str:
+    """A model folder inside the working directory as a relative path (the record travels; the checkout's place does not)."""
+    if os.path.isdir(path):
+        relative = os.path.relpath(os.path.abspath(path))
+        if not relative.startswith(".."):
+            return relative
+    return path
 
 
 def _engine_comparison(frames, engine, baseline_engine, enc_runs, dec_runs, base_enc_runs, base_dec_runs,
