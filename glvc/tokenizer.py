@@ -19,7 +19,7 @@ Engines. How the float32 convolutions run on the CPU (``Tokenizer(engine=...)``,
 
 * ``"reference"``: as diffusers runs them. PyTorch then sends a 3-D convolution whose input has
   few frames and small maps (``N*C*T*H <= 20480``, the causal chunks' usual case) to its generic
-  im2col kernel (``slow_conv3d``), 2-8x slower than oneDNN's on those shapes (measured on the
+  im2col kernel (``slow_conv3d``), 1.4-10x slower than oneDNN's on those shapes (measured on the
   bundled tokenizer at 240p); that kernel took about half of the tokenizer's time.
 * ``"onednn"``: every 3-D convolution of a CPU tensor goes to oneDNN (``mkldnn_convolution``),
   still float32. The pixels differ from ``"reference"`` by float rounding only (the bound measured
