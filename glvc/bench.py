@@ -25,6 +25,14 @@ CompressAI entropy coders' ``compress``/``decompress`` calls on this benchmark's
 rANS), *latent transforms* = the rest (analysis, hyper-prior, entropy parameters, synthesis and
 memory update, which the encoder also runs to keep the decoder's recurrent state).
 
+Engines. The tokenizer engine under test (``--engine``, default the model's: ``onednn`` on CPUs
+with oneDNN, see :mod:`glvc.tokenizer`) is timed beside today's path (``--baseline-engine``, default
+``reference``; ``none`` skips it) in the same process: in every repeat the baseline's encode and
+decode run first, then the engine's, so both see the same load. The record's ``engines`` block and
+the second markdown table give the speed-ups (fastest runs), the PSNR of both, and how far the
+engine's stream decoded by the baseline engine lands from the engine's own pixels. The x265 and
+per-stage tables describe the engine under test.
+
 Memory. A sampler thread reads the process RSS (psutil) every 5 ms; each phase reports its peak
 RSS and the peak's increase over the RSS at the phase's start. ``ru_maxrss`` (the process's peak
 since start, ``resource.getrusage``) is reported at the end. All phases share one process, so
@@ -159,13 +167,21 @@ def run_bench(
     out_dir: str | None = None,
     progress: bool = False,
     command: str | None = None,
+    engine: str | None = None,
+    baseline_engine: str | None = "reference",
 ) -> dict[str, Any]:
-    """Run the benchmark; return the JSON record (and write ``bench.json``/``bench.md`` to ``out_dir``)."""
+    """Run the benchmark; return the JSON record (and write ``bench.json``/``bench.md`` to ``out_dir``).
+
+    ``engine`` is the tokenizer engine under test (default: the model's, :func:`glvc.tokenizer.default_engine`);
+    ``baseline_engine`` (default ``"reference"``, today's path; None to skip) is timed beside it in the
+    same run, its runs alternating with the engine's, and compared in ``record["engines"]``.
+    """
     import torch
 
     from .baselines import encode_decode, match_bitrate
     from .metrics import CVVDP_DISPLAY, psnr_rgb
     from .pipeline import GLVC
+    from .tokenizer import ENGINES
     from .video_io import read_video
 
     if repeat < 1:
@@ -181,6 +197,12 @@ def run_bench(
         model_name = repo_relative(model)
         model = GLVC.from_pretrained(model)
     load_seconds = time.perf_counter() - start
+    for name in (engine, baseline_engine):
+        if name is not None and name not in ENGINES:
+            raise ValueError(f"tokenizer engine {name!r}: choose one of {', '.join(ENGINES)} (or none for the baseline)")
+    if engine is not None:
+        model = model.with_tokenizer_engine(engine)
+    engine = model.tokenizer.engine
 
     def say(text: str) -> None:
         if progress:
@@ -192,32 +214,48 @@ def run_bench(
         model.decode(model.encode(warm, fps, quality, reconstruct=False).bitstream)
         encode_decode(warm, fps, codec="x265", crf=x265_crf if x265_crf is not None else 28, preset=x265_preset)
 
-    # each timed phase runs ``repeat`` times; the fastest run is reported (all are kept)
-    enc_runs, dec_runs, x265_runs = [], [], []
-    for i in range(repeat):
-        say(f"GLVC encode: {t} frames {w}x{h}, quality {quality} (run {i + 1}/{repeat})")
-        bar = Progress("GLVC encode", progress)
+    baseline = model.with_tokenizer_engine(baseline_engine) if baseline_engine and baseline_engine != engine else None
+    if warmup and baseline is not None:
+        baseline.decode(baseline.encode(frames[: min(WARMUP_FRAMES, t)], fps, quality, reconstruct=False).bitstream)
+
+    def time_glvc(glvc, label: str, run: int, enc_runs: list, dec_runs: list):
+        say(f"GLVC encode ({label} engine): {t} frames {w}x{h}, quality {quality} (run {run + 1}/{repeat})")
+        bar = Progress(f"GLVC encode ({label})", progress)
         try:
-            with entropy_coder_timer(model.codec) as entropy, PeakRSS() as mem:
+            with entropy_coder_timer(glvc.codec) as entropy, PeakRSS() as mem:
                 start, cpu = time.perf_counter(), _cpu()
-                enc = model.encode(frames, fps, quality, reconstruct=False, progress=bar)
+                enc = glvc.encode(frames, fps, quality, reconstruct=False, progress=bar)
                 seconds, cpu = time.perf_counter() - start, _cpu() - cpu
         finally:
             bar.close()
         enc_runs.append({"seconds": seconds, "cpu_seconds": cpu, "entropy": entropy["encode"], "timings": dict(enc.report.timings), "memory": mem.as_dict()})
-        bar = Progress("GLVC decode", progress)
+        bar = Progress(f"GLVC decode ({label})", progress)
         try:
-            with entropy_coder_timer(model.codec) as entropy, PeakRSS() as mem:
+            with entropy_coder_timer(glvc.codec) as entropy, PeakRSS() as mem:
                 start, cpu = time.perf_counter(), _cpu()
-                dec = model.decode(enc.bitstream, progress=bar)
+                dec = glvc.decode(enc.bitstream, progress=bar)
                 seconds, cpu = time.perf_counter() - start, _cpu() - cpu
         finally:
             bar.close()
         dec_runs.append({"seconds": seconds, "cpu_seconds": cpu, "entropy": entropy["decode"], "timings": dict(dec.report.timings), "memory": mem.as_dict()})
+        return enc, dec
+
+    # each timed phase runs ``repeat`` times; the fastest run is reported (all are kept); with a
+    # baseline engine its runs alternate with the engine's (baseline first), so both see the same load
+    enc_runs, dec_runs, x265_runs = [], [], []
+    base_enc_runs, base_dec_runs = [], []
+    for i in range(repeat):
+        if baseline is not None:
+            base_enc, base_dec = time_glvc(baseline, baseline_engine, i, base_enc_runs, base_dec_runs)
+        enc, dec = time_glvc(model, engine, i, enc_runs, dec_runs)
     glvc_bytes = len(enc.bitstream)
     best_enc = min(enc_runs, key=lambda r: r["seconds"])
     best_dec = min(dec_runs, key=lambda r: r["seconds"])
     glvc_encode, glvc_decode = best_enc["seconds"], best_dec["seconds"]
+    engines = None
+    if baseline is not None:
+        engines = _engine_comparison(frames, engine, baseline_engine, enc_runs, dec_runs, base_enc_runs, base_dec_runs,
+                                     enc, dec, base_enc, base_dec, baseline)
 
     if x265_crf is None:
         say(f"x265: searching the CRF that matches {glvc_bytes} bytes")
@@ -260,6 +298,7 @@ def run_bench(
             "cuda": torch.cuda.is_available(),
         },
         "glvc": {
+            "tokenizer_engine": engine,
             "quality": quality,
             "bytes": glvc_bytes,
             "bpp": 8 * glvc_bytes / pixels,
@@ -303,6 +342,7 @@ def run_bench(
             "encode_slowdown": x265_enc_fps / glvc_enc_fps,
             "decode_slowdown": x265_dec_fps / glvc_dec_fps,
         },
+        "engines": engines,
         "process_peak_rss_mib": usage.ru_maxrss / 1024,  # Linux: kilobytes
         "notes": [
             "latent_coding/latent_decoding split by timing the CompressAI entropy coders' compress/decompress calls "
@@ -320,6 +360,66 @@ def run_bench(
         with open(os.path.join(out_dir, "bench.md"), "w") as f:
             f.write(record["markdown"])
     return record
+
+
+def _engine_comparison(frames, engine, baseline_engine, enc_runs, dec_runs, base_enc_runs, base_dec_runs,
+                       enc, dec, base_enc, base_dec, baseline) -> dict[str, Any]:
+    """Today's engine against the new one: fastest times, speed-ups, and what the engine does to pixels."""
+    from .metrics import psnr_rgb
+
+    def fastest(runs):
+        return min(r["seconds"] for r in runs)
+
+    def tokenizer(runs, key):
+        return min(runs, key=lambda r: r["seconds"])["timings"].get(key, 0.0)
+
+    new_e, new_d, old_e, old_d = (fastest(r) for r in (enc_runs, dec_runs, base_enc_runs, base_dec_runs))
+    # the engine's stream decoded with the baseline engine: what a decoder on the other engine shows
+    cross = baseline.decode(enc.bitstream).frames
+    diff = np.abs(cross.astype(np.int16) - dec.frames.astype(np.int16))
+    return {
+        "engine": engine,
+        "baseline_engine": baseline_engine,
+        "encode_seconds": new_e,
+        "decode_seconds": new_d,
+        "baseline_encode_seconds": old_e,
+        "baseline_decode_seconds": old_d,
+        "encode_speedup": old_e / new_e,
+        "decode_speedup": old_d / new_d,
+        "round_trip_seconds": new_e + new_d,
+        "baseline_round_trip_seconds": old_e + old_d,
+        "round_trip_time_ratio": (new_e + new_d) / (old_e + old_d),
+        "tokenizer_encode_speedup": tokenizer(base_enc_runs, "tokenizer_encode") / max(tokenizer(enc_runs, "tokenizer_encode"), 1e-9),
+        "tokenizer_decode_speedup": tokenizer(base_dec_runs, "tokenizer_decode") / max(tokenizer(dec_runs, "tokenizer_decode"), 1e-9),
+        "baseline_encode_seconds_all_runs": [r["seconds"] for r in base_enc_runs],
+        "baseline_decode_seconds_all_runs": [r["seconds"] for r in base_dec_runs],
+        "bytes": len(enc.bitstream),
+        "baseline_bytes": len(base_enc.bitstream),
+        "psnr_rgb": float(psnr_rgb(frames, dec.frames).value),
+        "baseline_psnr_rgb": float(psnr_rgb(frames, base_dec.frames).value),
+        "cross_decode_max_abs_diff": int(diff.max()),
+        "cross_decode_fraction_differing": float((diff > 0).mean()),
+        "cross_decode_psnr_rgb": float(psnr_rgb(frames, cross).value),
+    }
+
+
+def engines_markdown(e: dict) -> list[str]:
+    """The side-by-side table of today's tokenizer engine and the new one."""
+    new, old = e["engine"], e["baseline_engine"]
+    return [
+        f"| tokenizer engine | {old} (before) | {new} (now) | {new} / {old} |",
+        "|---|---|---|---|",
+        f"| encode | {e['baseline_encode_seconds']:.2f} s | {e['encode_seconds']:.2f} s | {e['encode_speedup']:.2f}x faster |",
+        f"| decode | {e['baseline_decode_seconds']:.2f} s | {e['decode_seconds']:.2f} s | {e['decode_speedup']:.2f}x faster |",
+        f"| round trip (encode + decode) | {e['baseline_round_trip_seconds']:.2f} s | {e['round_trip_seconds']:.2f} s | "
+        f"{e['round_trip_time_ratio']:.2f} of the time |",
+        f"| tokenizer alone (encode / decode) | | | {e['tokenizer_encode_speedup']:.2f}x / {e['tokenizer_decode_speedup']:.2f}x faster |",
+        f"| bytes | {e['baseline_bytes']} | {e['bytes']} | |",
+        f"| PSNR-RGB | {e['baseline_psnr_rgb']:.3f} dB | {e['psnr_rgb']:.3f} dB | {e['psnr_rgb'] - e['baseline_psnr_rgb']:+.3f} dB |",
+        f"| {new}'s stream decoded by {old} | | max {e['cross_decode_max_abs_diff']} level(s) from {new}'s pixels, "
+        f"{100 * e['cross_decode_fraction_differing']:.4f} % of values differ | |",
+        "",
+    ]
 
 
 _STAGE_LABELS = {
@@ -402,6 +502,8 @@ def bench_markdown(r: dict) -> str:
     other_d = g["decode_seconds"] - sum(v for v in dec.values())
     lines.append(f"| other (padding, conversion, packing) | {other_e:.3f} | {100 * other_e / g['encode_seconds']:.1f} % | {other_d:.3f} | {100 * other_d / g['decode_seconds']:.1f} % |")
     lines.append(f"| **total** | {g['encode_seconds']:.3f} | 100 % | {g['decode_seconds']:.3f} | 100 % |")
+    if r.get("engines"):
+        lines += [""] + engines_markdown(r["engines"])[:-1]
     lines += ["", f"Process peak RSS (ru_maxrss): {r['process_peak_rss_mib']:.0f} MiB. x265 CRF {x['crf_choice']}.", ""]
     return "\n".join(lines)
 
@@ -416,6 +518,10 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-warmup", action="store_true", help="time the first calls too")
     p.add_argument("--repeat", type=int, default=1, help="time each phase N times and report the fastest (default 1)")
     p.add_argument("--out", default=None, help="folder for bench.json and bench.md")
+    p.add_argument("--engine", default=None, help="tokenizer engine under test: reference or onednn (default: the model's default)")
+    p.add_argument("--baseline-engine", default="reference",
+                   help="tokenizer engine timed beside it in the same run, runs alternating (default reference, "
+                        "today's path; 'none' to skip)")
 
 
 def cmd_bench(args) -> int:
@@ -433,6 +539,8 @@ def cmd_bench(args) -> int:
         out_dir=args.out,
         progress=not args.quiet,
         command=command,
+        engine=args.engine,
+        baseline_engine=None if args.baseline_engine == "none" else args.baseline_engine,
     )
     print(record["markdown"])
     if args.out:

@@ -19,6 +19,7 @@ refused with :class:`~glvc.bitstream.BitstreamError`.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -168,8 +169,12 @@ class GLVC:
 
     # ------------------------------------------------------------------ persistence
     @classmethod
-    def from_pretrained(cls, name_or_path: str, device: str | torch.device = "cpu", dtype=torch.float32, **hub_kwargs) -> "GLVC":
+    def from_pretrained(cls, name_or_path: str, device: str | torch.device = "cpu", dtype=torch.float32,
+                        engine: str | None = None, **hub_kwargs) -> "GLVC":
         """Load ``<dir>/tokenizer`` and ``<dir>/codec`` from a folder or a Hub repository.
+
+        ``engine`` is the tokenizer's inference engine (:data:`glvc.tokenizer.ENGINES`, default
+        :func:`glvc.tokenizer.default_engine`); it changes pixels within float rounding, never the bitstream.
 
         A ``glvc.json`` beside them may name the tokenizer elsewhere, e.g.
         ``{"tokenizer": {"name_or_path": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "subfolder": "vae"}}``.
@@ -197,12 +202,19 @@ class GLVC:
                     config = {}
             source = config.get("tokenizer") or {"name_or_path": name_or_path, "subfolder": "tokenizer"}
             tokenizer = Tokenizer.from_pretrained(
-                source["name_or_path"], subfolder=source.get("subfolder"), device=device, dtype=dtype, **hub_kwargs
+                source["name_or_path"], subfolder=source.get("subfolder"), device=device, dtype=dtype, engine=engine,
+                **hub_kwargs,
             )
             codec = LatentCodec.from_pretrained(name_or_path, subfolder="codec", **hub_kwargs)
         except (OSError, ValueError, KeyError) as err:
             raise ModelLoadError(f"could not load a GLVC model from {name_or_path!r}: {err}") from err
         return cls(tokenizer, codec, tokenizer_source=config.get("tokenizer"), segment=int(config.get("tokenizer_segment", 0)))
+
+    def with_tokenizer_engine(self, engine: str) -> "GLVC":
+        """The same model (tokenizer weights and codec shared, not copied) with another tokenizer engine."""
+        other = copy.copy(self)  # not __init__: the shared codec's rANS tables are not rebuilt under a running stream
+        other.tokenizer = self.tokenizer.with_engine(engine)
+        return other
 
     def save_pretrained(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)

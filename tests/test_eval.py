@@ -213,6 +213,12 @@ def test_bench_smoke(tiny_model_dir, tmp_path, capsys):
     for side in (g, x):
         assert side["cvvdp_jod"]["value"] <= 10 and side["cvvdp_jod"]["seconds"] > 0
         assert f"{side['cvvdp_jod']['value']:.2f} JOD" in md
+    # today's tokenizer engine timed beside the default one, in the same run
+    e = r["engines"]
+    assert (e["baseline_engine"], e["engine"], g["tokenizer_engine"]) == ("reference", "onednn", "onednn")
+    assert len(e["baseline_encode_seconds_all_runs"]) == 2 and e["decode_speedup"] > 0
+    assert e["bytes"] > 0 and e["cross_decode_max_abs_diff"] <= 2 and "reference (before)" in md
+    assert r["model"] == tiny_model_dir or not os.path.isabs(r["model"])
     assert "GLVC / x265" in capsys.readouterr().out
 
 
