@@ -328,8 +328,14 @@ class GLVC:
         """The frames through the tokenizer alone (encode, then decode the unquantised latents),
         with the same grouping, segments and padding as :meth:`encode`: the quality ceiling that no
         rate of the latent codec can pass (scripts/tokenizer_ceiling.py)."""
-        analysis, decoder, out = _Analysis(), None, []
-        for index, (latent, real) in enumerate(self._analyze(iter(frames), analysis, _Timer())):
+        analysis = _Analysis()
+        return self._latents_to_frames(self._analyze(iter(frames), analysis, _Timer()), analysis)
+
+    def _latents_to_frames(self, latents: Iterable[tuple[torch.Tensor, int]], analysis: "_Analysis") -> np.ndarray:
+        """(latent frame (1, C, h, w), real pixel frames in it) pairs -> the cropped uint8 frames
+        (T, H, W, 3) that the tokenizer's decoder makes of them, restarting at each segment."""
+        decoder, out = None, []
+        for index, (latent, real) in enumerate(latents):
             if self._starts_segment(index):
                 decoder = self.tokenizer.decoder_stream()
             out.append(analysis.geometry.crop(_to_frames(decoder.push(latent.unsqueeze(2))))[:real])

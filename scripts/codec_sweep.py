@@ -33,18 +33,8 @@ from glvc import bitstream  # noqa: E402
 from glvc.codec import LatentCodec  # noqa: E402
 from glvc.evaluate import discover_clips, load_clip  # noqa: E402
 from glvc.metrics import psnr_rgb  # noqa: E402
-from glvc.pipeline import GLVC, _Analysis, _Timer, _to_frames  # noqa: E402
+from glvc.pipeline import GLVC, _Analysis, _Timer  # noqa: E402
 from scripts.json_report import print_and_save  # noqa: E402
-
-
-def _decode_pixels(model: GLVC, analysis: _Analysis, latents: list) -> np.ndarray:
-    """Latent frames [(1, C, h, w), real frames] -> the cropped uint8 frames the decoder outputs."""
-    decoder, out = None, []
-    for index, (latent, real) in enumerate(latents):
-        if model._starts_segment(index):
-            decoder = model.tokenizer.decoder_stream()
-        out.append(analysis.geometry.crop(_to_frames(decoder.push(latent.unsqueeze(2))))[:real])
-    return np.concatenate(out)
 
 
 def sweep_clip(model: GLVC, codecs: dict[str, LatentCodec], frames: np.ndarray, fps, qualities: list[int],
@@ -55,7 +45,7 @@ def sweep_clip(model: GLVC, codecs: dict[str, LatentCodec], frames: np.ndarray, 
     analysis = _Analysis()
     latents = list(model._analyze(iter(frames), analysis, _Timer()))
     pixels = frames.shape[0] * frames.shape[1] * frames.shape[2]
-    ceiling = None if latent_only else psnr_rgb(frames, _decode_pixels(model, analysis, latents)).value
+    ceiling = None if latent_only else psnr_rgb(frames, model._latents_to_frames(latents, analysis)).value
     rows = []
     for name, codec in codecs.items():
         model.codec = codec
@@ -67,7 +57,7 @@ def sweep_clip(model: GLVC, codecs: dict[str, LatentCodec], frames: np.ndarray, 
             row = {"codec": name, "quality": q, "bytes": len(data), "bpp": round(8 * len(data) / pixels, 5),
                    "latent_mse": round(latent_mse, 5)}
             if not latent_only:
-                decoded = _decode_pixels(model, analysis, [(z_hat, real) for _, z_hat, real in coded])
+                decoded = model._latents_to_frames([(z_hat, real) for _, z_hat, real in coded], analysis)
                 row["psnr"] = round(psnr_rgb(frames, decoded).value, 3)
             row["seconds"] = round(time.perf_counter() - start, 1)
             rows.append(row)

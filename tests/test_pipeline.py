@@ -12,6 +12,7 @@ import torch
 
 from glvc import bitstream
 from glvc.bitstream import BitstreamError
+from glvc.metrics import psnr_rgb
 from glvc.pipeline import GLVC
 
 from .conftest import TINY_CLIP, build_tiny_model
@@ -249,3 +250,23 @@ class TestTokenizerRoundTrip:
     def test_odd_size_and_length_come_back_exact(self, tiny_model, real_frames):
         frames = real_frames[:6, :45, :61]
         assert tiny_model.tokenizer_round_trip(iter(list(frames))).shape == frames.shape
+
+
+def test_codec_sweep_codes_the_same_latents_as_encode(tiny_model, tiny_model_dir, real_frames):
+    """scripts/codec_sweep.py: its byte counts are the real streams' sizes and its frames the decoder's."""
+    import copy
+
+    from glvc.codec import LatentCodec
+    from scripts.codec_sweep import sweep_clip
+
+    frames = real_frames[:9]
+    model = copy.copy(tiny_model)  # the sweep swaps the codec in: keep the shared fixture as it is
+    codec = LatentCodec.from_pretrained(os.path.join(tiny_model_dir, "codec"))
+    result = sweep_clip(model, {"tiny": codec}, frames, 25, [0, 63])
+    for row in result["rows"]:
+        encoded = tiny_model.encode(frames, 25, quality=row["quality"])
+        assert row["bytes"] == len(encoded.bitstream)
+        assert row["psnr"] == pytest.approx(psnr_rgb(frames, encoded.reconstruction).value, abs=1e-3)
+    assert result["rows"][0]["bytes"] <= result["rows"][1]["bytes"]
+    assert result["tokenizer_psnr"] == pytest.approx(psnr_rgb(frames, tiny_model.tokenizer_round_trip(frames)).value, abs=1e-3)
+    assert sweep_clip(model, {"tiny": codec}, frames, 25, [0], latent_only=True)["rows"][0]["bytes"] == result["rows"][0]["bytes"]

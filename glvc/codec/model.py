@@ -456,7 +456,8 @@ class LatentCodec(CompressionModel, ConfigMixin):
         context = self.context_net(memory)
         y = self.analysis(torch.cat([z, context], 1))
         gain = self.hyper_gain(quality)
-        hz = self.hyper_analysis(y) if gain is None else self.hyper_analysis(y) * gain
+        hz = self.hyper_analysis(y)
+        hz = hz if gain is None else hz * gain
         hz_noisy, hz_likelihood = self.entropy_bottleneck(hz)
         medians = self.entropy_bottleneck._get_medians().detach().view(1, -1, 1, 1)
         hz_hat = hz + ((hz - medians).round() + medians - hz).detach()  # straight-through rounding
