@@ -488,13 +488,13 @@ def train_codec(cfg: dict, rt: Runtime, data, logger: Logger, vae):
     else:
         codec = LatentCodec(latent_channels=tok.latent_channels, **ccfg["config"]).to(rt.device)
     latents = LatentCache.build(ccfg["latent_cache"], tok, data, os.path.join(cfg["output_dir"], "latents.pt"), rt) if ccfg.get("latent_cache") else None
-    main_params = [p for n, p in codec.named_parameters() if not n.endswith(".quantiles")]
     aux_params = [p for n, p in codec.named_parameters() if n.endswith(".quantiles")]
     # the per-anchor log scales and gains move the rate a long way; `rate_lr` lets them move faster
     rate_names = ("log_quant_scale", "log_hyper_gain")
     rate_params = [p for n, p in codec.named_parameters() if n in rate_names]
     other_params = [p for n, p in codec.named_parameters() if n not in rate_names and not n.endswith(".quantiles")]
     rate_lr_factor = (ccfg.get("rate_lr") or ccfg["lr"]) / ccfg["lr"]
+    main_params = other_params + rate_params
     opt = torch.optim.AdamW(
         [{"params": other_params, "lr_factor": 1.0}, {"params": rate_params, "lr_factor": rate_lr_factor}],
         lr=ccfg["lr"], weight_decay=0.0,
