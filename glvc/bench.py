@@ -114,7 +114,7 @@ def entropy_coder_timer(codec):
     on this instance only and are removed on exit.
     """
     spent = {"encode": 0.0, "decode": 0.0}
-    modules = [codec.entropy_bottleneck, codec.gaussian_conditional]
+    modules = codec.entropy_coders
     patched = []
 
     def wrap(fn, side):

@@ -468,6 +468,33 @@ class LatentCache:
         return torch.stack(out).to(self.device, torch.float32)
 
 
+def build_codec(ccfg: dict, latent_channels: int):
+    """The codec that the ``codec`` section of a config trains, before training: new, or loaded from
+    ``init_from`` with ``config`` as overrides (fine-tuning). Trainable, on the CPU."""
+    from .codec import LatentCodec
+
+    if ccfg.get("init_from"):  # fine-tune an exported codec (new lambdas or a new tokenizer)
+        codec = LatentCodec.from_pretrained(ccfg["init_from"], config_overrides=ccfg["config"])
+        codec.requires_grad_(True)
+        return codec.train()
+    return LatentCodec(latent_channels=latent_channels, **ccfg["config"])
+
+
+def export_codec_checkpoint(run_dir: str, out: str) -> None:
+    """Export the codec of a training run's latest checkpoint (``<run_dir>/codec.pt``, written every
+    ``checkpoint_every`` steps) to ``out`` as ``from_pretrained`` reads it: to evaluate a run that is
+    still going. Uses the run's own ``config.json``; the tokenizer is not needed (the codec's latent
+    channels come from its config or the checkpoint)."""
+    cfg = load_config(os.path.join(run_dir, "config.json"))
+    ckpt = torch.load(os.path.join(run_dir, "codec.pt"), map_location="cpu", weights_only=False)
+    latent_channels = ckpt["model"]["synthesis_out.weight"].shape[0]
+    codec = build_codec(cfg["codec"], latent_channels)
+    codec.load_state_dict(ckpt["model"])
+    codec.eval().save_pretrained(out)
+    normal_file_modes(out)
+    print(f"exported the codec at step {ckpt['step']} ({ckpt.get('elapsed', 0) / 60:.1f} min trained) to {out}")
+
+
 def train_codec(cfg: dict, rt: Runtime, data, logger: Logger, vae):
     """Stage 2 on the frozen tokenizer. Returns the trained codec, or None if paused."""
     from .codec import LatentCodec
@@ -481,16 +508,11 @@ def train_codec(cfg: dict, rt: Runtime, data, logger: Logger, vae):
         return LatentCodec.from_pretrained(out)
     torch.manual_seed(cfg["seed"] + 1)
     tok = Tokenizer(vae, device=rt.device)
-    if ccfg.get("init_from"):  # fine-tune an exported codec (new lambdas or a new tokenizer)
-        codec = LatentCodec.from_pretrained(ccfg["init_from"], config_overrides=ccfg["config"])
-        codec = codec.to(rt.device).train()
-        codec.requires_grad_(True)
-    else:
-        codec = LatentCodec(latent_channels=tok.latent_channels, **ccfg["config"]).to(rt.device)
+    codec = build_codec(ccfg, tok.latent_channels).to(rt.device).train()
     latents = LatentCache.build(ccfg["latent_cache"], tok, data, os.path.join(cfg["output_dir"], "latents.pt"), rt) if ccfg.get("latent_cache") else None
     aux_params = [p for n, p in codec.named_parameters() if n.endswith(".quantiles")]
     # the per-anchor log scales and gains move the rate a long way; `rate_lr` lets them move faster
-    rate_names = ("log_quant_scale", "log_hyper_gain")
+    rate_names = ("log_quant_scale", "log_hyper_gain", "log_hyper_scale")
     rate_params = [p for n, p in codec.named_parameters() if n in rate_names]
     other_params = [p for n, p in codec.named_parameters() if n not in rate_names and not n.endswith(".quantiles")]
     rate_lr_factor = (ccfg.get("rate_lr") or ccfg["lr"]) / ccfg["lr"]
@@ -499,7 +521,7 @@ def train_codec(cfg: dict, rt: Runtime, data, logger: Logger, vae):
         [{"params": other_params, "lr_factor": 1.0}, {"params": rate_params, "lr_factor": rate_lr_factor}],
         lr=ccfg["lr"], weight_decay=0.0,
     )
-    opt_aux = torch.optim.Adam(aux_params, lr=ccfg["aux_lr"])
+    opt_aux = torch.optim.Adam(aux_params, lr=ccfg["aux_lr"]) if aux_params else None
     model = rt.wrap(_CodecUnroll(codec))
     levels = codec.max_quality
     size = latents.crop * tok.spatial_stride if latents else ccfg["size"]
@@ -524,18 +546,20 @@ def train_codec(cfg: dict, rt: Runtime, data, logger: Logger, vae):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(main_params, 1.0)
         opt.step()
-        aux = codec.aux_loss()
-        opt_aux.zero_grad(set_to_none=True)
-        aux.backward()
-        opt_aux.step()
-        values = dict(loss=loss.item(), bpp=bpp.mean().item(), latent_mse=mse.mean().item(), aux=aux.item(), lr=lr)
+        values = dict(loss=loss.item(), bpp=bpp.mean().item(), latent_mse=mse.mean().item(), lr=lr)
+        if opt_aux is not None:  # the EntropyBottleneck's quantiles (none with hyper_prior "gaussian")
+            aux = codec.aux_loss()
+            opt_aux.zero_grad(set_to_none=True)
+            aux.backward()
+            opt_aux.step()
+            values["aux"] = aux.item()
         for label, mask in (("low_q", quality < levels / 3), ("high_q", quality > 2 * levels / 3)):
             mask = mask.to(bpp.device)
             values[f"bpp_{label}"] = bpp[mask].mean().item() if mask.any() else float("nan")
             values[f"mse_{label}"] = mse[mask].mean().item() if mask.any() else float("nan")
         return values
 
-    modules = {"model": codec, "opt": opt, "opt_aux": opt_aux}
+    modules = {"model": codec, "opt": opt, **({"opt_aux": opt_aux} if opt_aux else {})}
     if not run_stage("codec", ccfg, cfg, rt, logger, os.path.join(cfg["output_dir"], "codec.pt"), modules, step_fn):
         return None
     codec.eval()

@@ -100,6 +100,43 @@ class TestHyperGain:
         z_dec, _ = gained.decompress_frame(payload, gained.initial_state(), 0, (16, 16))
         assert torch.equal(z_enc, z_dec)
 
+    def test_gaussian_hyper_prior_round_trips_and_follows_its_scale(self, codec, tmp_path):
+        """``hyper_prior="gaussian"``: fine-tuned from a factorized model (its EntropyBottleneck dropped),
+        the hyper-latent's cost follows the per-anchor scale, and every stream decodes to the encoder's latents."""
+        codec.save_pretrained(str(tmp_path))
+        gaussian = LatentCodec.from_pretrained(str(tmp_path), config_overrides={"hyper_gain": True, "hyper_prior": "gaussian"})
+        assert gaussian.entropy_bottleneck is None and gaussian.entropy_coders_ready
+        torch.manual_seed(4)
+        z = torch.randn(1, 16, 16, 16) * 3
+
+        def hyper_bytes(quality):
+            payload = gaussian.compress_frame(z, gaussian.initial_state(), quality)[0]
+            return payload[0]  # its length (a one-byte varint at this size)
+
+        with torch.no_grad():
+            gaussian.log_hyper_gain[:] = 2.0  # values spread over several bins
+            gaussian.log_hyper_scale[:] = 2.0  # a scale that fits them
+        wide = hyper_bytes(0)
+        with torch.no_grad():
+            gaussian.log_hyper_scale[0] = -3.0  # quality 0: a density far too narrow, each symbol is costly
+        assert hyper_bytes(0) > wide
+        with torch.no_grad():
+            gaussian.log_hyper_gain[0] = -8.0  # every symbol is 0, and the narrow density codes it almost free
+        assert hyper_bytes(0) < wide / 4
+        state_enc = state_dec = gaussian.initial_state()
+        for quality in (0, 31, 63):
+            payload, z_enc, state_enc = gaussian.compress_frame(z, state_enc, quality)
+            z_dec, state_dec = gaussian.decompress_frame(payload, state_dec, quality, (16, 16))
+            assert torch.equal(z_enc, z_dec)
+        again = tmp_path / "again"
+        gaussian.save_pretrained(str(again))
+        reloaded = LatentCodec.from_pretrained(str(again))
+        assert reloaded.compress_frame(z, reloaded.initial_state(), 5)[0] == gaussian.compress_frame(z, gaussian.initial_state(), 5)[0]
+
+    def test_gaussian_hyper_prior_needs_the_gain(self):
+        with pytest.raises(ValueError, match="needs hyper_gain"):
+            LatentCodec(**TINY_CODEC, hyper_prior="gaussian")
+
     def test_overrides_that_do_not_fit_the_weights_are_refused(self, codec, tmp_path):
         codec.save_pretrained(str(tmp_path))
         with pytest.raises(ValueError, match="do not fit"):

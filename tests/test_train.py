@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from glvc.train import changed_keys, tokenizer_segment
 from tests.conftest import TINY_CLIP, TINY_CODEC, TINY_TOKENIZER
@@ -97,6 +98,29 @@ def test_tiny_training_exports_a_complete_model(tmp_path):
     assert "tokenizer: already trained and exported" in again.stdout
     assert "codec: already trained and exported" in again.stdout
     assert "(codec.lr)" in again.stdout and "already measured on this model: kept" in again.stdout
+
+    # a checkpoint exports as the model that the run exported (the last checkpoint is the final model)
+    from glvc.codec import LatentCodec
+    from glvc.train import export_codec_checkpoint
+
+    export_codec_checkpoint(str(tmp_path / "run"), str(tmp_path / "exported"))
+    exported, final = (LatentCodec.from_pretrained(str(d)) for d in (tmp_path / "exported", model_dir / "codec"))
+    assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), final.state_dict().values()))
+
+    # fine-tuning that codec with the quality-conditioned Gaussian hyperprior: no EntropyBottleneck, no aux optimiser
+    tune = {**tiny_config(tmp_path), "output_dir": str(tmp_path / "tune"), "rate_table": None,
+            "tokenizer": {"pretrained": {"name_or_path": str(model_dir / "tokenizer")}}}
+    tune["codec"] = {**tune["codec"], "init_from": str(model_dir / "codec"),
+                     "config": {"hyper_gain": True, "hyper_prior": "gaussian"}, "rate_lr": 1e-2}
+    config_path.write_text(json.dumps(tune))
+    tuned = run_train(config_path)
+    assert tuned.returncode == 0, tuned.stderr
+    codec = LatentCodec.from_pretrained(str(tmp_path / "tune" / "model" / "codec"))
+    assert codec.config.hyper_prior == "gaussian" and codec.entropy_bottleneck is None
+    assert not torch.equal(codec.log_hyper_scale, torch.zeros_like(codec.log_hyper_scale))  # trained at rate_lr
+    tuned_model = GLVC(model.tokenizer, codec, segment=model.segment)
+    result = tuned_model.encode(video.frames, video.fps, quality=0)
+    assert (tuned_model.decode(result.bitstream).frames == result.reconstruction).all()
 
 
 def test_changed_keys_and_segment():

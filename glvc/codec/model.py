@@ -13,7 +13,10 @@ tokenizer's normalised latent (h = H/8, w = W/8)::
     s  = quantization_scale(q)   (M,) geometric interpolation between learned anchors
     y_hat = (round(y*s - means*s) + means*s) / s      coded by GaussianConditional(scales*s)
     (with ``hyper_gain``: hz is coded as hz*g with g = hyper_gain(q) (K,), and
-     hyper_synthesis sees hz_hat/g, so the side information also shrinks at low rates)
+     hyper_synthesis sees hz_hat/g, so the side information also shrinks at low rates;
+     with ``hyper_prior="gaussian"``: round(hz*g) is coded by a zero-mean GaussianConditional
+     whose scale sigma(q) (K,) is learned per anchor, instead of one EntropyBottleneck density
+     shared by every quality, so at low rates the hyper-latent can cost next to nothing)
     z_hat, features = synthesis(y_hat, context)       (B, C, h, w), (B, N, h, w)
     memory' = memory_update([memory, features])
 
@@ -232,6 +235,11 @@ class ResidualBlock(nn.Module):
         return x + self.conv2(F.leaky_relu(self.conv1(F.leaky_relu(x, 0.1)), 0.1))
 
 
+def stored_modules(state: dict) -> set[str]:
+    """The top-level module names that a state dict holds weights or buffers of."""
+    return {name.split(".")[0] for name in state}
+
+
 def _conv(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2)
 
@@ -264,12 +272,19 @@ class LatentCodec(CompressionModel, ConfigMixin):
         hyper_gain: learn a per-anchor gain on the hyper-latent too (a gain unit as in Cui et al.,
             "Asymmetric Gained Deep Image Compression", CVPR 2021). Without it the hyper-latent
             costs the same at every quality index and sets a floor under the lowest rate.
+        hyper_prior: the hyper-latent's entropy model. ``"factorized"``: compressai's
+            EntropyBottleneck, one learned density per channel for every quality (Ballé et al.
+            2018). ``"gaussian"`` (needs ``hyper_gain``): a zero-mean Gaussian per channel whose
+            scale is learned per anchor and interpolated like the quantisation scales, so the
+            density narrows with the gain: one shared density cannot be both the sharp one that
+            low rates need and the wide one of high rates.
     """
 
     config_name = "config.json"
     # options added after the first models were saved, at the value that leaves the model as it was:
     # left out of the model fingerprint (glvc.pipeline.GLVC.fingerprint), so those models keep theirs
-    fingerprint_neutral_options = {"hyper_gain": False}
+    fingerprint_neutral_options = {"hyper_gain": False, "hyper_prior": "factorized"}
+    hyper_priors = ("factorized", "gaussian")
     spatial_stride = 4  # two stride-2 stages: y at h/2, hyper-latent at h/4
 
     @register_to_config
@@ -284,12 +299,17 @@ class LatentCodec(CompressionModel, ConfigMixin):
         quality_levels: int = 64,
         anchor_lambdas: tuple[float, ...] = (0.5, 2.0, 8.0, 32.0),
         hyper_gain: bool = False,
+        hyper_prior: str = "factorized",
     ):
         super().__init__()
         if len(anchor_lambdas) != num_anchors:
             raise ValueError(f"{num_anchors} anchors but {len(anchor_lambdas)} anchor_lambdas")
         if quality_levels < 2 or num_anchors < 2:
             raise ValueError(f"need at least 2 anchors and 2 quality levels, got {num_anchors} and {quality_levels}")
+        if hyper_prior not in self.hyper_priors:
+            raise ValueError(f"hyper_prior must be one of {self.hyper_priors}, got {hyper_prior!r}")
+        if hyper_prior == "gaussian" and not hyper_gain:
+            raise ValueError('hyper_prior "gaussian" needs hyper_gain: without a gain the scale alone cannot narrow the symbols')
         n, m, k, cm, c = channels, y_channels, hyper_channels, memory_channels, latent_channels
 
         self.initial_memory = nn.Parameter(torch.zeros(1, cm, 1, 1))
@@ -314,7 +334,15 @@ class LatentCodec(CompressionModel, ConfigMixin):
         # log gain per anchor and hyper-latent channel; 0 = the hyper-latent coded as it is
         self.log_hyper_gain = nn.Parameter(torch.zeros(num_anchors, k)) if hyper_gain else None
 
-        self.entropy_bottleneck = EntropyBottleneck(k)
+        if hyper_prior == "gaussian":
+            # log scale of the gained hyper-latent per anchor and channel; 0 = unit scale
+            self.log_hyper_scale = nn.Parameter(torch.zeros(num_anchors, k))
+            self.hyper_conditional = GaussianConditional(None)
+            self.entropy_bottleneck = None
+        else:
+            self.log_hyper_scale = None
+            self.hyper_conditional = None
+            self.entropy_bottleneck = EntropyBottleneck(k)
         self.gaussian_conditional = GaussianConditional(None)
         self._exact = ExactRunner()  # grid-rounded weights for entropy coding (model-derived, not per-stream)
         self._thresholds: dict[tuple, torch.Tensor] = {}
@@ -365,6 +393,26 @@ class LatentCodec(CompressionModel, ConfigMixin):
     def coding_hyper_gain(self, quality: int) -> torch.Tensor | None:
         """The hyper-latent gain (1, K, 1, 1) float32 that entropy coding uses, the same bits on every machine."""
         return None if self.log_hyper_gain is None else self._exact_exp(self.log_hyper_gain, quality)
+
+    def hyper_scale(self, quality: torch.Tensor | float) -> torch.Tensor:
+        """(B,) or scalar quality -> (B, K, 1, 1) scale of the gained hyper-latent's Gaussian (training)."""
+        return self._log_interpolate(self.log_hyper_scale, quality).exp()[:, :, None, None]
+
+    def _hyper_indexes(self, quality: int, shape: tuple[int, int]) -> torch.Tensor:
+        """CDF indexes (1, K, h, w) int32 of the hyper-latent's Gaussian at an integer ``quality``.
+
+        As compressai's ``build_indexes``: the number of table entries (but the last) below the
+        scale; the scale comes from :meth:`_exact_exp` and is compared in float32, so the same
+        indexes on every machine."""
+        sigma = self._exact_exp(self.log_hyper_scale, quality).reshape(-1)
+        table = self.hyper_conditional.scale_table[:-1].to(torch.float32)
+        index = torch.searchsorted(table, sigma, side="left").int()
+        return index.view(1, -1, 1, 1).expand(1, -1, *shape).contiguous()
+
+    @property
+    def entropy_coders(self) -> list[nn.Module]:
+        """The compressai entropy models this codec codes with (hyper-latent first)."""
+        return [m for m in (self.entropy_bottleneck, self.hyper_conditional, self.gaussian_conditional) if m is not None]
 
     def rd_lambda(self, quality: torch.Tensor | float) -> torch.Tensor:
         """Training trade-off for a quality index, geometric interpolation between anchor lambdas."""
@@ -458,8 +506,12 @@ class LatentCodec(CompressionModel, ConfigMixin):
         gain = self.hyper_gain(quality)
         hz = self.hyper_analysis(y)
         hz = hz if gain is None else hz * gain
-        hz_noisy, hz_likelihood = self.entropy_bottleneck(hz)
-        medians = self.entropy_bottleneck._get_medians().detach().view(1, -1, 1, 1)
+        if self.entropy_bottleneck is not None:
+            _, hz_likelihood = self.entropy_bottleneck(hz)
+            medians = self.entropy_bottleneck._get_medians().detach().view(1, -1, 1, 1)
+        else:
+            _, hz_likelihood = self.hyper_conditional(hz, self.hyper_scale(quality))
+            medians = 0.0
         hz_hat = hz + ((hz - medians).round() + medians - hz).detach()  # straight-through rounding
         means, scales = self._entropy_params(hz_hat, context, gain)
         s = self.quantization_scale(quality)
@@ -486,9 +538,13 @@ class LatentCodec(CompressionModel, ConfigMixin):
             hz = self.hyper_analysis(y)
             gain = self.coding_hyper_gain(quality)
             hz = hz if gain is None else hz * gain  # the encoder's own: the decoder gets hz_hat from the stream
-            hz_string = self.entropy_bottleneck.compress(hz)[0]
-            medians = self.entropy_bottleneck._get_medians().detach().view(1, -1, 1, 1)
-            hz_hat = to_grid(self.entropy_bottleneck.quantize(hz, "dequantize", medians))
+            if self.entropy_bottleneck is not None:
+                hz_string = self.entropy_bottleneck.compress(hz)[0]
+                medians = self.entropy_bottleneck._get_medians().detach().view(1, -1, 1, 1)
+                hz_hat = to_grid(self.entropy_bottleneck.quantize(hz, "dequantize", medians))
+            else:
+                hz_string = self.hyper_conditional.compress(hz, self._hyper_indexes(quality, hz.shape[-2:]))[0]
+                hz_hat = to_grid(torch.round(hz))  # the symbols, as the decoder has them
             means_s, indexes, s = self._exact_entropy_params(hz_hat, context, quality)
             y_s = y.to(torch.float64) * s
             y_string = self.gaussian_conditional.compress(y_s, indexes, means_s)[0]
@@ -515,7 +571,11 @@ class LatentCodec(CompressionModel, ConfigMixin):
         hz_string = rans_input(hz_string, self.config.hyper_channels * shape[0] * shape[1], "hyper-latent")
         y_string = rans_input(y_string, self.config.y_channels * (h // 2) * (w // 2), "latent data")
         with deterministic_cpu():
-            hz_hat = to_grid(self.entropy_bottleneck.decompress([hz_string], shape))
+            if self.entropy_bottleneck is not None:
+                hz_hat = to_grid(self.entropy_bottleneck.decompress([hz_string], shape))
+            else:
+                indexes = self._hyper_indexes(quality, shape)
+                hz_hat = to_grid(self.hyper_conditional.decompress([hz_string], indexes, dtype=torch.float64))
             memory = self._exact_memory(state, h, w)
             context = self._exact.run(self.context_net, memory)
             means_s, indexes, s = self._exact_entropy_params(hz_hat, context, quality)
@@ -536,8 +596,10 @@ class LatentCodec(CompressionModel, ConfigMixin):
     @property
     def entropy_coders_ready(self) -> bool:
         """Whether the rANS tables exist (loaded or computed)."""
-        gc = self.gaussian_conditional
-        return bool(self.entropy_bottleneck._quantized_cdf.numel() and gc._quantized_cdf.numel() and gc.scale_table.numel())
+        return all(
+            m._quantized_cdf.numel() and (isinstance(m, EntropyBottleneck) or m.scale_table.numel())
+            for m in self.entropy_coders
+        )
 
     def save_pretrained(self, directory: str) -> None:
         """Write ``config.json`` and ``model.safetensors`` (with the rANS tables) into ``directory``."""
@@ -555,7 +617,8 @@ class LatentCodec(CompressionModel, ConfigMixin):
 
         ``config_overrides`` (for fine-tuning) replaces config entries; parameters that the new
         config adds and the stored weights lack (e.g. ``log_hyper_gain``) keep their initial
-        values, any other mismatch is an error."""
+        values, weights of modules that it removes (the EntropyBottleneck, for ``hyper_prior``
+        "gaussian") are dropped, any other mismatch is an error."""
         folder = os.path.join(name_or_path, subfolder) if subfolder else name_or_path
         if os.path.isdir(folder):
             config_path = os.path.join(folder, cls.config_name)
@@ -574,10 +637,12 @@ class LatentCodec(CompressionModel, ConfigMixin):
             except RuntimeError as e:  # shapes differ
                 raise ValueError(f"weights in {name_or_path} do not fit the overridden config {config_overrides}: {e}") from None
             added = {name for name, _ in model.named_parameters()} - set(stored)
-            if unexpected or set(missing) - added:
+            added |= {name for name in missing if name.split(".")[0] not in stored_modules(stored)}  # a new module's buffers
+            removed = {name for name in unexpected if getattr(model, name.split(".")[0], None) is None}
+            if set(unexpected) - removed or set(missing) - added:
                 raise ValueError(
                     f"weights in {name_or_path} do not fit the overridden config: missing {sorted(set(missing) - added)}, "
-                    f"unexpected {sorted(unexpected)}"
+                    f"unexpected {sorted(set(unexpected) - removed)}"
                 )
         else:
             model.load_state_dict(load_file(weights_path))
