@@ -51,6 +51,7 @@ difference matters.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -555,16 +556,19 @@ def match_bitrate(
 ) -> tuple[BaselineResult, int]:
     """Find the integer CRF whose stream is closest to ``target_bytes`` without exceeding it.
 
-    Bisection over the codec's CRF range (or ``crf_range``), assuming size
-    falls as CRF rises; every encode made is kept and the final pick is,
-    among them, the largest size <= target (lowest CRF on ties), or - when
-    even the highest CRF overshoots - the smallest size (check
-    ``result.bitstream_bytes > target_bytes``).  ``count`` selects
-    ``"bitstream"`` or ``"payload"`` bytes.  ``kwargs`` go to
-    :func:`encode_decode` (preset, gop, threads, extra_params).
+    A guided search over the codec's CRF range (or ``crf_range``), assuming size falls as CRF
+    rises: it starts at the codec's default CRF and predicts the next CRF from the sizes seen
+    (log size is close to linear in CRF: x264/x265 halve the size about every 6 CRF steps,
+    :data:`CRF_STEPS_PER_HALVING`), always inside the bracket the encodes so far leave open, and
+    stops when two adjacent CRFs bracket the target (or an end of the range settles it). Every
+    encode made is kept and the final pick is, among them, the largest size <= target (lowest
+    CRF on ties), or - when even the highest CRF overshoots - the smallest size (check
+    ``result.bitstream_bytes > target_bytes``). Same answer as a bisection when size falls
+    with CRF, in about half the encodes (typically 3-4; a bisection over 0-51 made 7-9, with
+    the slowest, CRF 0, among them). ``count`` selects ``"bitstream"`` or ``"payload"`` bytes.
+    ``kwargs`` go to :func:`encode_decode` (preset, gop, threads, extra_params).
 
-    Returns ``(result, crf)``; ``result.params["search"]`` lists the
-    (crf, bytes) pairs tried.  Typically 7-9 encodes.
+    Returns ``(result, crf)``; ``result.params["search"]`` lists the (crf, bytes) pairs tried.
     """
     spec = codec_spec(codec)
     if target_bytes <= 0:
@@ -579,13 +583,20 @@ def match_bitrate(
             tried[c] = encode_decode(frames, fps, codec=spec.key, crf=c, **kwargs)
         return _count(tried[c], count)
 
-    if size(hi) <= target_bytes and size(lo) > target_bytes:
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if size(mid) <= target_bytes:
-                hi = mid
-            else:
-                lo = mid
+    crf, width_before = min(max(spec.default_crf, lo), hi), None
+    while True:
+        size(crf)
+        fitting = [c for c in tried if _count(tried[c], count) <= target_bytes]
+        over = [c for c in tried if _count(tried[c], count) > target_bytes]
+        first_fit = min(fitting) if fitting else hi + 1  # the open bracket: (last_over, first_fit)
+        last_over = max(over) if over else lo - 1
+        if first_fit - last_over <= 1 or first_fit == lo or last_over == hi:
+            break
+        width = first_fit - last_over
+        # a guided step that did not halve the bracket is followed by a bisection: never many encodes
+        halve = width_before is not None and over and fitting and width > width_before / 2
+        crf = (last_over + first_fit) // 2 if halve else _next_crf(tried, count, target_bytes, last_over, first_fit, lo, hi)
+        width_before = width
     fits = [c for c in tried if _count(tried[c], count) <= target_bytes]
     if fits:
         best = max(fits, key=lambda c: (_count(tried[c], count), -c))
@@ -596,6 +607,37 @@ def match_bitrate(
     result.params["target_bytes"] = int(target_bytes)
     result.params["target_count"] = count
     return result, best
+
+
+CRF_STEPS_PER_HALVING = 6.0
+"""CRF steps that halve a stream's size, the first guess of :func:`match_bitrate`'s search (x264/x265's
+rule of thumb; the search then uses the slope it measures)."""
+
+
+def _next_crf(tried: dict[int, "BaselineResult"], count: str, target: int, last_over: int, first_fit: int,
+              lo: int, hi: int) -> int:
+    """The CRF to try next, strictly inside the open bracket (last_over, first_fit) and [lo, hi].
+
+    Bracketed: where log size reaches the target on the line between the bracket's ends. One side
+    only: from the tried CRF nearest the bracket, with the slope between the two nearest tried CRFs
+    (held between halving every 2 and every 12 steps, so noise cannot send it far), one step
+    beyond the prediction so that the next encode tends to close the bracket."""
+    floor, ceiling = max(last_over + 1, lo), min(first_fit - 1, hi)
+    log_size = {c: math.log2(max(_count(r, count), 1)) for c, r in tried.items()}
+    goal = math.log2(target)
+    if last_over in log_size and first_fit in log_size:
+        a, b = last_over, first_fit
+        predicted = a + (goal - log_size[a]) / (log_size[b] - log_size[a]) * (b - a) if log_size[b] < log_size[a] else (a + b) / 2
+        return min(max(round(predicted), floor), ceiling)
+    edge = last_over if last_over in log_size else first_fit
+    others = sorted((c for c in log_size if c != edge), key=lambda c: abs(c - edge))
+    slope = -1.0 / CRF_STEPS_PER_HALVING
+    if others and log_size[others[0]] != log_size[edge]:
+        slope = (log_size[edge] - log_size[others[0]]) / (edge - others[0])
+    slope = min(max(slope, -1 / 2), -1 / 12)  # log2 bytes per CRF step
+    predicted = edge + (goal - log_size[edge]) / slope
+    step = math.ceil(predicted) + 1 if edge == last_over else math.floor(predicted) - 1
+    return min(max(step, floor), ceiling)
 
 
 def crf_sweep(

@@ -104,6 +104,39 @@ def test_match_bitrate_lands_near_target(codec, clip):
     assert crf_tiny == spec.crf_max and tiny.bitstream_bytes > 10
 
 
+@pytest.mark.parametrize("steps_per_halving", [3.0, 6.0, 11.0])
+def test_match_bitrate_search_finds_the_bisection_answer_in_few_encodes(monkeypatch, steps_per_halving):
+    """Against a size model (falling with CRF, with plateaus and noise): for every target, the guided
+    search picks the CRF an exhaustive scan picks, and needs few encodes."""
+    rng = np.random.default_rng(int(steps_per_halving))
+    sizes = {}
+    for c in range(52):  # strictly falling, roughly exponential, irregular, with a plateau
+        sizes[c] = int(200_000 * 2 ** (-c / steps_per_halving) * rng.uniform(0.9, 1.1)) + 40
+    for c in range(1, 52):
+        sizes[c] = min(sizes[c], sizes[c - 1])
+    sizes[20] = sizes[21] = sizes[22]
+    calls = []
+
+    def fake_encode_decode(frames, fps, codec, crf, **kwargs):
+        calls.append(crf)
+        return B.BaselineResult(bitstream_bytes=sizes[crf], payload_bytes=sizes[crf], decoded=frames,
+                                encode_seconds=0.0, decode_seconds=0.0, params={"crf": crf})
+
+    monkeypatch.setattr(B, "encode_decode", fake_encode_decode)
+    counts = []
+    for target in sorted({int(v * f) for v in sizes.values() for f in (0.97, 1.0, 1.03)} | {10, 10**7}):
+        calls.clear()
+        result, crf = B.match_bitrate(np.zeros((2, 16, 16, 3), np.uint8), 25, "x265", target)
+        fitting = [c for c in range(52) if sizes[c] <= target]
+        if fitting:
+            assert crf == min(fitting, key=lambda c: (-sizes[c], c)), (target, result.params["search"])
+        else:  # unreachable: the smallest stream there is
+            assert sizes[crf] == min(sizes.values()) and 51 in dict(result.params["search"])
+        assert len(calls) == len(set(calls))  # no CRF encoded twice
+        counts.append(len(calls))
+    assert max(counts) <= 9 and np.mean(counts) <= 5.5, counts  # a bisection over 0-51: 7-9, mean about 8
+
+
 def test_gop_and_abr_and_errors(clip):
     r = B.encode_decode(clip, 25, "x264", crf=30, gop=4)
     assert r.params["keyframes"] == [0, 4, 8]
