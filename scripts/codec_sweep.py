@@ -54,14 +54,15 @@ def sweep_clip(model: GLVC, codecs: dict[str, LatentCodec], frames: np.ndarray, 
             coded = list(model._code(latents, q, 0, _Timer()))
             data = bitstream.pack(model._header(analysis, fps, q, 0), [unit for unit, _, _ in coded])
             latent_mse = float(np.mean([(z_hat - z).pow(2).mean().item() for (_, z_hat, _), (z, _) in zip(coded, latents)]))
+            hyper_bytes = sum(len(codec.split_payload(unit.payload)[0]) for unit, _, _ in coded)
             row = {"codec": name, "quality": q, "bytes": len(data), "bpp": round(8 * len(data) / pixels, 5),
-                   "latent_mse": round(latent_mse, 5)}
+                   "hyper_bytes": hyper_bytes, "latent_mse": round(latent_mse, 5)}
             if not latent_only:
                 decoded = model._latents_to_frames([(z_hat, real) for _, z_hat, real in coded], analysis)
                 row["psnr"] = round(psnr_rgb(frames, decoded).value, 3)
             row["seconds"] = round(time.perf_counter() - start, 1)
             rows.append(row)
-            print(f"  {name} q{q}: {len(data)} bytes, {row['bpp']} bpp, latent MSE {row['latent_mse']}, "
+            print(f"  {name} q{q}: {len(data)} bytes ({hyper_bytes} of them hyper-latent), {row['bpp']} bpp, latent MSE {row['latent_mse']}, "
                   f"{row.get('psnr', '-')} dB", flush=True)
     return {"tokenizer_psnr": None if ceiling is None else round(ceiling, 3), "rows": rows}
 

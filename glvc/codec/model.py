@@ -553,6 +553,17 @@ class LatentCodec(CompressionModel, ConfigMixin):
         payload = write_varint(len(hz_string)) + hz_string + y_string
         return payload, z_hat, CodecState(new_memory, state.frames_since_refresh + 1)
 
+    @staticmethod
+    def split_payload(payload: bytes) -> tuple[bytes, bytes]:
+        """A frame payload -> (hyper-latent string, latent string); :class:`BitstreamError` if malformed."""
+        reader = _Reader(payload, len(payload))
+        hz_length = reader.varint("hyper-latent length")
+        hz_string = reader.take(hz_length, "hyper-latent")
+        y_string = payload[reader.pos :]
+        if not y_string:
+            raise BitstreamError("frame payload has no latent data after the hyper-latent")
+        return hz_string, y_string
+
     @torch.inference_mode()
     def decompress_frame(
         self, payload: bytes, state: CodecState, quality: int, latent_size: tuple[int, int]
@@ -561,12 +572,7 @@ class LatentCodec(CompressionModel, ConfigMixin):
         h, w = latent_size
         if h % self.spatial_stride or w % self.spatial_stride:
             raise BitstreamError(f"latent size {w}x{h} is not a multiple of {self.spatial_stride}")
-        reader = _Reader(payload, len(payload))
-        hz_length = reader.varint("hyper-latent length")
-        hz_string = reader.take(hz_length, "hyper-latent")
-        y_string = payload[reader.pos :]
-        if not y_string:
-            raise BitstreamError("frame payload has no latent data after the hyper-latent")
+        hz_string, y_string = self.split_payload(payload)
         shape = (h // self.spatial_stride, w // self.spatial_stride)
         hz_string = rans_input(hz_string, self.config.hyper_channels * shape[0] * shape[1], "hyper-latent")
         y_string = rans_input(y_string, self.config.y_channels * (h // 2) * (w // 2), "latent data")
