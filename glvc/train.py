@@ -67,10 +67,12 @@ DEFAULT_CONFIG = {
         },
         "steps": 2000,
         "batch": 8,
-        "frames": 9,
+        "frames": 9,  # 1 + 4k; or a list of such, cycled step by step (mixed clip lengths, e.g. [9, 17, 33])
         "size": 128,
         "lr": 3e-4,
         "warmup": 100,
+        "lr_floor": 0.1,  # the cosine schedule ends at this fraction of lr (0: decays to zero)
+        "ema": None,  # decay of an exponential moving average of the weights, exported instead of them (e.g. 0.999)
         "l1_weight": 1.0,
         "ssim_weight": 0.2,
         "kl_weight": 1e-6,
@@ -153,11 +155,19 @@ def autocast(rt: Runtime, cfg: dict):
     return nullcontext()
 
 
-def lr_at(step: int, base: float, warmup: int, progress: float) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 10% as ``progress`` goes 0 -> 1."""
+def lr_at(step: int, base: float, warmup: int, progress: float, floor: float = 0.1) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``floor`` x ``base`` as ``progress`` goes 0 -> 1."""
     if step < warmup:
         return base * (step + 1) / warmup
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def clip_lengths(frames) -> list[int]:
+    """The tokenizer's ``frames`` setting as a list of clip lengths (each 1 + 4k)."""
+    lengths = [int(f) for f in (frames if isinstance(frames, (list, tuple)) else [frames])]
+    if not lengths or any(f < 1 or (f - 1) % 4 for f in lengths):
+        raise ValueError(f"tokenizer frames must be 1 + 4k (or a list of such), got {frames}")
+    return lengths
 
 
 class StageClock:
@@ -357,12 +367,18 @@ def train_tokenizer(cfg: dict, rt: Runtime, data, logger: Logger):
     opt = torch.optim.AdamW(vae.parameters(), lr=tcfg["lr"], betas=(0.9, 0.99), weight_decay=1e-4)
     opt_d = torch.optim.AdamW(disc.parameters(), lr=tcfg["lr"], betas=(0.5, 0.99))
     model, disc_model = rt.wrap(_VAEStep(vae)), rt.wrap(disc)
+    lengths = clip_lengths(tcfg["frames"])  # cycled step by step: every length equally often, the same on every rank
+    ema = None
+    if tcfg.get("ema"):
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(vae, multi_avg_fn=get_ema_multi_avg_fn(float(tcfg["ema"])), use_buffers=True)
 
     def step_fn(step: int, progress: float) -> dict:
-        lr = lr_at(step, tcfg["lr"], tcfg["warmup"], progress)
+        lr = lr_at(step, tcfg["lr"], tcfg["warmup"], progress, tcfg.get("lr_floor", 0.1))
         for group in opt.param_groups:
             group["lr"] = lr
-        x = data.sample(tcfg["batch"], tcfg["frames"], tcfg["size"])
+        x = data.sample(tcfg["batch"], lengths[step % len(lengths)] if len(lengths) > 1 else lengths[0], tcfg["size"])
         use_gan = tcfg.get("gan_start") is not None and progress >= tcfg["gan_start"]
         with autocast(rt, cfg):
             x_hat, kl = model(x)
@@ -378,6 +394,8 @@ def train_tokenizer(cfg: dict, rt: Runtime, data, logger: Logger):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
+        if ema is not None:
+            ema.update_parameters(vae)
         d_loss = torch.zeros(())
         if use_gan:
             with autocast(rt, cfg):
@@ -388,11 +406,13 @@ def train_tokenizer(cfg: dict, rt: Runtime, data, logger: Logger):
             d_loss.backward()
             opt_d.step()
         return dict(loss=loss.item(), l1=l1.item(), ssim_loss=ss.item(), kl=kl.item(), g_loss=g_loss.item(),
-                    d_loss=d_loss.item(), psnr=psnr(x_hat, x), lr=lr)
+                    d_loss=d_loss.item(), psnr=psnr(x_hat, x), lr=lr, frames=x.shape[2])
 
-    modules = {"model": vae, "disc": disc, "opt": opt, "opt_d": opt_d}
+    modules = {"model": vae, "disc": disc, "opt": opt, "opt_d": opt_d, **({"ema": ema} if ema is not None else {})}
     if not run_stage("tokenizer", tcfg, cfg, rt, logger, os.path.join(cfg["output_dir"], "tokenizer.pt"), modules, step_fn):
         return None
+    if ema is not None:  # export the average (Cosmos and others train with an EMA of the weights)
+        vae.load_state_dict(ema.module.state_dict())
     vae.eval()
     set_latent_statistics(vae, data, tcfg, rt)
     if rt.main:
@@ -412,7 +432,7 @@ def set_latent_statistics(vae, data, tcfg: dict, rt: Runtime) -> None:
     vae.register_to_config(latents_mean=[0.0] * vae.config.z_dim, latents_std=[1.0] * vae.config.z_dim)
     tok = Tokenizer(vae, device=rt.device)
     latents = torch.cat(
-        [tok.encode(data.sample(tcfg["batch"], tcfg["frames"], tcfg["size"])).transpose(0, 1).flatten(1)
+        [tok.encode(data.sample(tcfg["batch"], max(clip_lengths(tcfg["frames"])), tcfg["size"])).transpose(0, 1).flatten(1)
          for _ in range(tcfg["stats_batches"])],
         dim=1,
     )

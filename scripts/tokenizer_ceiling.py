@@ -9,6 +9,11 @@ Usage::
 
     python scripts/tokenizer_ceiling.py data/val_set --max-frames 33     # the bundled model
     python scripts/tokenizer_ceiling.py CLIP.mp4 --model DIR --max-height 360 --out ceiling.json
+    python scripts/tokenizer_ceiling.py data/val_set --tokenizer runs/X/model/tokenizer --segment 0 --per-frame
+
+``--tokenizer`` scores another tokenizer (e.g. a training run's) in the model's place; ``--segment``
+overrides the model's ``tokenizer_segment`` (0: the whole clip in one causal pass); ``--per-frame``
+adds each frame's PSNR, to see whether quality holds along a long causal pass.
 
 Clips are found and read as ``python -m glvc eval`` does (video files, or folders of frames).
 """
@@ -28,6 +33,7 @@ from glvc.defaults import default_model  # noqa: E402
 from glvc.evaluate import discover_clips, load_clip  # noqa: E402
 from glvc.metrics import ms_ssim, psnr_rgb  # noqa: E402
 from glvc.pipeline import GLVC  # noqa: E402
+from glvc.tokenizer import Tokenizer  # noqa: E402
 
 from json_report import print_and_save  # noqa: E402
 
@@ -38,10 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="model folder or Hub id (default: the bundled model)")
     p.add_argument("--max-frames", type=int, default=None)
     p.add_argument("--max-height", type=int, default=None)
+    p.add_argument("--tokenizer", default=None, help="a tokenizer folder to use instead of the model's")
+    p.add_argument("--segment", type=int, default=None, help="latent frames per tokenizer segment (0: one causal pass)")
+    p.add_argument("--per-frame", action="store_true", help="also list each frame's PSNR")
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
 
     model = GLVC.from_pretrained(args.model or default_model())
+    if args.tokenizer:
+        model.tokenizer = Tokenizer.from_pretrained(args.tokenizer)
+    if args.segment is not None:
+        model.segment = args.segment
     rows = []
     for source in discover_clips(args.clips):
         clip = load_clip(source, max_frames=args.max_frames, max_height=args.max_height)
@@ -52,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"clip": clip.name, "frames": int(clip.frames.shape[0]), "width": int(clip.frames.shape[2]),
                      "height": int(clip.frames.shape[1]), "psnr_rgb": psnr_rgb(clip.frames, out).value,
                      "ms_ssim": structural.value, "ms_ssim_variant": structural.name, "seconds": round(seconds, 1)})
-    print_and_save({"model": args.model or "bundled default", "segment": model.segment, "clips": rows}, args.out)
+        if args.per_frame:
+            rows[-1]["psnr_per_frame"] = [round(v, 2) for v in psnr_rgb(clip.frames, out).per_frame]
+    print_and_save({"model": args.model or "bundled default", "tokenizer": args.tokenizer or "the model's",
+                    "segment": model.segment, "clips": rows}, args.out)
     return 0
 
 

@@ -25,8 +25,9 @@ def tiny_config(tmp_path) -> dict:
         "log_every": 1,
         "checkpoint_every": 1,
         "data": {"root": str(make_fake_set(tmp_path / "set")), "photo_fraction": 0.5},
-        "tokenizer": {"config": TINY_TOKENIZER, "steps": 2, "batch": 1, "frames": 5, "size": 32, "warmup": 1,
-                      "stats_batches": 1},
+        # mixed clip lengths and an EMA of the weights (the recipe options)
+        "tokenizer": {"config": TINY_TOKENIZER, "steps": 2, "batch": 1, "frames": [5, 9], "size": 32, "warmup": 1,
+                      "stats_batches": 1, "ema": 0.5, "lr_floor": 0.0},
         "codec": {"config": TINY_CODEC, "steps": 2, "batch": 1, "frames": 5, "size": 64, "warmup": 1},
         "tokenizer_segment": 3,
         # cheap: one tiny clip, two qualities
@@ -89,6 +90,17 @@ def test_tiny_training_exports_a_complete_model(tmp_path):
         rows = (tmp_path / "run" / f"log_{stage}.csv").read_text().splitlines()[1:]
         seconds = [float(r.split(",")[2]) for r in rows]
         assert len(seconds) == 2 and seconds == sorted(seconds)
+
+    # the clip lengths were cycled, and the exported tokenizer is the EMA of the weights, not the last step's
+    rows = (tmp_path / "run" / "log_tokenizer.csv").read_text().splitlines()
+    frames_column = rows[0].split(",").index("frames")
+    assert [float(r.split(",")[frames_column]) for r in rows[1:]] == [5.0, 9.0]
+    ckpt = torch.load(tmp_path / "run" / "tokenizer.pt", map_location="cpu", weights_only=False)
+    exported = model.tokenizer.vae.state_dict()
+    name = "decoder.conv_out.weight"
+    assert name in exported
+    assert torch.equal(exported[name], ckpt["ema"]["module." + name].half().float())  # saved as float16
+    assert not torch.equal(exported[name], ckpt["model"][name].half().float())
 
     # a rerun of the finished run says what it skips; a changed config is named
     cfg["codec"]["lr"] = 1e-3
