@@ -187,7 +187,7 @@ class StageClock:
 
     @property
     def progress(self) -> float:
-        by_steps = self.step / self.steps
+        by_steps = self.step / self.steps if self.steps else 1.0  # steps 0: nothing to train
         return max(by_steps, self.elapsed / self.budget) if self.budget else by_steps
 
     @property

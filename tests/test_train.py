@@ -152,3 +152,10 @@ def test_rate_table_defaults_are_the_apps_cpu_defaults():
     spec = train.DEFAULT_CONFIG["rate_table"]
     assert (spec["max_height"], spec["max_seconds"], tuple(spec["qualities"])) == (
         ratetable.DEFAULT_MAX_HEIGHT, ratetable.DEFAULT_MAX_SECONDS, ratetable.DEFAULT_QUALITIES)
+
+
+def test_a_stage_of_zero_steps_is_done_at_once():
+    from glvc.train import StageClock
+
+    assert StageClock({"steps": 0}, 0).done  # e.g. a tokenizer-only recipe run: "codec": {"steps": 0}
+    assert not StageClock({"steps": 3}, 2).done and StageClock({"steps": 3}, 3).done
