@@ -44,6 +44,7 @@ import torch
 from . import bitstream
 from .bitstream import BitstreamError
 from .defaults import default_model
+from .pictures import Inspection, make_inspection
 from .pipeline import GLVC, ModelLoadError, bytes_for_kbps, bytes_for_kilobytes
 from .video_io import Video, VideoError, read_video, write_video
 
@@ -461,6 +462,7 @@ class EncodeOutcome:
     timings: list[list[str]]  # [stage, seconds]
     details: dict[str, Any]
     decoded: np.ndarray = field(repr=False)  # (T, H, W, 3) uint8, bit-identical to decoding the .glvc
+    inspection: "Inspection | None" = field(default=None, repr=False)  # what the pictures need (glvc.pictures)
 
 
 def _metric_cell(value) -> str:
@@ -568,9 +570,9 @@ def encode_clip(
     progress(0.05, desc="GLVC: analysing the clip" if target else "GLVC: encoding")
     start = time.perf_counter()
     if target is None:
-        result = model.encode(frames, fps, quality=quality, progress=on_latent)
+        result = model.encode(frames, fps, quality=quality, progress=on_latent, keep_latents=True)
     else:
-        result = model.encode(frames, fps, target_bytes=target, progress=on_latent)
+        result = model.encode(frames, fps, target_bytes=target, progress=on_latent, keep_latents=True)
     glvc_seconds = time.perf_counter() - start
     report = result.report
     decoded = result.reconstruction
@@ -589,6 +591,16 @@ def encode_clip(
         stages["x265 rate search (encode + decode)"] = time.perf_counter() - start
         progress(0.85, desc="scoring x265")
         x265_scores = _score(frames, x265.decoded, fps, video_metric, stages, "x265")
+
+    start = time.perf_counter()
+    passes = 1 if target is None else 1 + math.ceil(math.log2(model.max_quality + 1))  # the bisection's codec passes
+    inspection = make_inspection(
+        model_key, fps, frames, decoded, result.latents, report.bytes, x265,
+        seconds_per_rate={"GLVC": report.timings.get("latent_coding", 0.0) / passes + report.timings.get("tokenizer_decode", 0.0),
+                          **({"x265": stages["x265 rate search (encode + decode)"]} if x265 is not None else {})},
+        glvc_psnr=scores["psnr"].per_frame, x265_psnr=x265_scores["psnr"].per_frame if x265_scores else None,
+    )
+    stages["pictures (data)"] = time.perf_counter() - start
 
     progress(0.92, desc="writing the videos")
     start = time.perf_counter()
@@ -664,7 +676,81 @@ def encode_clip(
             "byte_count": x265.params.get("byte_count"), "preset": x265.params.get("preset"),
             "metrics": {k: v.value if v.available else f"unavailable: {v.unavailable_reason}" for k, v in x265_scores.items()},
         }
-    return EncodeOutcome(status, decoded_mp4, sbs_mp4, bitstream_path, table, timings, details, decoded)
+    return EncodeOutcome(status, decoded_mp4, sbs_mp4, bitstream_path, table, timings, details, decoded, inspection)
+
+
+# ---------------------------------------------------------------------------------------------
+# pictures of an encode (drawn by glvc.pictures from the request's Inspection)
+
+
+def latent_bits(ins: Inspection, index: int) -> np.ndarray:
+    """Bits per latent position (h, w) of latent frame ``index`` of an encode (LatentCodec.bits_map,
+    on the state the encoder coded it with)."""
+    index = int(np.clip(index, 0, ins.num_latents - 1))
+    frame = ins.latents.frames[index]
+    return get_model(ins.model_key).codec.bits_map(frame.latent, frame.state, ins.latents.quality).numpy()
+
+
+def bits_picture(ins: Inspection, index: int):
+    """The "where the bits go" figure of latent frame ``index``."""
+    from .pictures import bits_figure, latent_projection
+
+    index = int(np.clip(index, 0, ins.num_latents - 1))
+    projection = latent_projection([frame.latent for frame in ins.latents.frames])
+    return bits_figure(ins, latent_bits(ins, index), index, projection)
+
+
+def sweep_qualities(max_quality: int, points: int = 5) -> list[int]:
+    """``points`` quality indices spread evenly over 0 .. ``max_quality``."""
+    return sorted({int(round(q)) for q in np.linspace(0, max_quality, points)})
+
+
+def sweep_estimate(ins: Inspection) -> tuple[float, str]:
+    """(seconds, one line) that an RD sweep of this encode will take, from this encode's own times."""
+    n = len(sweep_qualities(get_model(ins.model_key).max_quality))
+    per = ins.seconds_per_rate
+    seconds = n * (per.get("GLVC", 0.0) + per.get("x265", 0.0))
+    parts = f"{n} GLVC rates x {per.get('GLVC', 0.0):.1f} s (latent coding + tokenizer decode, as in this encode)"
+    parts += f" + {n} x265 rate searches x {per['x265']:.1f} s" if "x265" in per else " + x265 (not timed: the comparison was off)"
+    return seconds, f"An RD sweep of this clip will take about **{seconds:.0f} s**: {parts}."
+
+
+@dataclass
+class RDSweep:
+    points: list[dict[str, Any]]  # {"codec", "quality" | "crf", "bytes", "bpp", "psnr", "label"}
+    seconds: float
+
+    def table(self) -> list[list[str]]:
+        return [[p["codec"], p["label"], f"{p['bytes']:,}", f"{p['bpp']:.4f}", f"{p['psnr']:.2f}"] for p in self.points]
+
+
+@spaces.GPU(duration=300)
+def rd_sweep(ins: Inspection, progress: ProgressFn = _no_progress) -> RDSweep:
+    """GLVC at :func:`sweep_qualities` (the kept latents re-coded: no tokenizer encode) and x265 at
+    each of those sizes, on the clip of ``ins``; PSNR-RGB per point."""
+    from .baselines import match_bitrate
+    from .metrics import psnr_rgb
+
+    model = get_model(ins.model_key)
+    start = time.perf_counter()
+    pixels = ins.original.shape[0] * ins.original.shape[1] * ins.original.shape[2]
+    qualities = sweep_qualities(model.max_quality)
+    points = []
+    for i, q in enumerate(qualities):
+        progress(i / len(qualities), desc=f"GLVC at quality {q} ({i + 1}/{len(qualities)})")
+        if q == ins.latents.quality:  # the request's own encode
+            size, decoded = ins.glvc_bytes, ins.glvc
+        else:
+            result = model.encode_latents(ins.latents, ins.fps, q)
+            size, decoded = result.report.bytes, result.reconstruction
+        points.append({"codec": "GLVC", "quality": q, "bytes": size, "bpp": 8 * size / pixels,
+                       "psnr": psnr_rgb(ins.original, decoded).value, "label": f"q{q}"})
+        progress((i + 0.5) / len(qualities), desc=f"x265 at {size:,} bytes ({i + 1}/{len(qualities)})")
+        x265, crf = match_bitrate(ins.original, ins.fps, "x265", target_bytes=size, extra_params=X265_SERVER_PARAMS)
+        points.append({"codec": "x265", "crf": crf, "bytes": x265.bitstream_bytes, "bpp": x265.bpp,
+                       "psnr": psnr_rgb(ins.original, x265.decoded).value, "label": f"crf {crf}"})
+    progress(1.0, desc="done")
+    return RDSweep(points, time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------------------------------------
