@@ -204,7 +204,7 @@ with gr.Blocks(title="GLVC: generative latent video compression", delete_cache=(
         per_frame = gr.Plot(label="Per frame: PSNR, and bytes per latent frame (GLVC and x265 at the same size)", format="png", elem_id="per-frame")
         gr.Markdown("### Frame inspector: original (left of the divider) against the decoded frame, at native size")
         frame_index = gr.Slider(0, 1, value=0, step=1, label="Frame", interactive=False, elem_id="frame-index")
-        with gr.Row():
+        with gr.Row(elem_id="inspector"):
             inspect_glvc = gr.ImageSlider(label="original | GLVC", format="png", type="numpy", buttons=["fullscreen", "download"],
                                           interactive=False, max_height=720, elem_id="inspect-glvc")
             inspect_x265 = gr.ImageSlider(label="original | x265 (same size)", format="png", type="numpy", buttons=["fullscreen", "download"],

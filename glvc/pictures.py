@@ -218,7 +218,9 @@ def rd_figure(points: list[dict]) -> Figure:
         if not rows:
             continue
         ax.plot([p["bpp"] for p in rows], [p["psnr"] for p in rows], marker + "-", color=color, label=codec)
-        for p in rows:
+        for i, p in enumerate(rows):
+            if i and (p["bpp"], p["psnr"]) == (rows[i - 1]["bpp"], rows[i - 1]["psnr"]):
+                continue  # the same stream again (x265's highest CRF for several small targets)
             ax.annotate(p["label"], (p["bpp"], p["psnr"]), textcoords="offset points", xytext=(4, -10), fontsize=7, color=color)
     ax.set_xlabel("bits per pixel")
     ax.set_ylabel("PSNR-RGB (dB)")

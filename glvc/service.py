@@ -707,10 +707,11 @@ def sweep_qualities(max_quality: int, points: int = 5) -> list[int]:
 
 def sweep_estimate(ins: Inspection) -> tuple[float, str]:
     """(seconds, one line) that an RD sweep of this encode will take, from this encode's own times."""
-    n = len(sweep_qualities(get_model(ins.model_key).max_quality))
+    qualities = sweep_qualities(get_model(ins.model_key).max_quality)
+    n, coded = len(qualities), len([q for q in qualities if q != ins.latents.quality])  # this encode's rate is reused
     per = ins.seconds_per_rate
-    seconds = n * (per.get("GLVC", 0.0) + per.get("x265", 0.0))
-    parts = f"{n} GLVC rates x {per.get('GLVC', 0.0):.1f} s (latent coding + tokenizer decode, as in this encode)"
+    seconds = coded * per.get("GLVC", 0.0) + n * per.get("x265", 0.0)
+    parts = f"{coded} GLVC rates x {per.get('GLVC', 0.0):.1f} s (latent coding + tokenizer decode, as in this encode)"
     parts += f" + {n} x265 rate searches x {per['x265']:.1f} s" if "x265" in per else " + x265 (not timed: the comparison was off)"
     return seconds, f"An RD sweep of this clip will take about **{seconds:.0f} s**: {parts}."
 

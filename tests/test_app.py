@@ -283,7 +283,7 @@ class TestPictures:
 
         out, ins = pictured
         seconds, line = service.sweep_estimate(ins)
-        assert seconds > 0 and "5 GLVC rates" in line
+        assert seconds > 0 and "4 GLVC rates" in line and "5 x265 rate searches" in line  # q32 is this encode's
         sweep = service.rd_sweep(ins)
         glvc = [p for p in sweep.points if p["codec"] == "GLVC"]
         x265 = [p for p in sweep.points if p["codec"] == "x265"]
