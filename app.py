@@ -13,6 +13,7 @@ import os
 from typing import Any, Iterator
 
 from glvc import service  # before gradio and torch: it imports `spaces` first
+from glvc import pictures
 
 import gradio as gr  # noqa: E402
 
@@ -67,7 +68,7 @@ VIDEO_METRIC_LABEL = (
     + ("" if DEVICE == "gpu" else ": slow on a CPU, about 90 CPU-seconds per 2 s 240p clip, twice with x265")
 )
 
-EncodeOutputs = tuple[str, str, str, list[list[str]], list[list[str]], str, dict[str, Any]]
+EncodeOutputs = tuple[str, str, str, list[list[str]], list[list[str]], str, dict[str, Any], Any]
 DecodeOutputs = tuple[str, str, dict[str, Any]]
 
 
@@ -93,7 +94,45 @@ def encode_video(
                                       video_metric=bool(video_metric))
         except service.UserError as err:
             raise gr.Error(str(err), print_exception=False) from None
-        yield out.status, out.decoded_mp4, out.side_by_side_mp4, out.table, out.timings, out.bitstream_path, out.details
+        yield (out.status, out.decoded_mp4, out.side_by_side_mp4, out.table, out.timings, out.bitstream_path, out.details,
+               out.inspection)
+
+
+def show_pictures(ins: service.Inspection | None) -> tuple:
+    """Every picture of a finished encode: the per-frame chart, the inspector and the bits map at
+    the middle frame, and the RD sweep's time estimate."""
+    if ins is None:
+        return (None, gr.update(), None, None, "", gr.update(), None, "Encode a clip first.", gr.update(interactive=False))
+    frame, latent = ins.num_frames // 2, ins.num_latents // 2
+    glvc_pair, x265_pair, note = inspect_frame(ins, frame)
+    return (
+        pictures.per_frame_chart(ins),
+        gr.update(maximum=ins.num_frames - 1, value=frame, interactive=ins.num_frames > 1),
+        glvc_pair, x265_pair, note,
+        gr.update(maximum=max(ins.num_latents - 1, 1), value=latent, interactive=ins.num_latents > 1),
+        service.bits_picture(ins, latent),
+        service.sweep_estimate(ins)[1],
+        gr.update(interactive=True),
+    )
+
+
+def inspect_frame(ins: service.Inspection | None, index: float) -> tuple:
+    if ins is None:
+        return None, None, ""
+    return (pictures.frame_pair(ins, int(index), "glvc"), pictures.frame_pair(ins, int(index), "x265"),
+            pictures.frame_caption(ins, int(index)))
+
+
+def show_bits(ins: service.Inspection | None, index: float):
+    return None if ins is None else service.bits_picture(ins, int(index))
+
+
+def run_sweep(ins: service.Inspection | None, progress: gr.Progress = gr.Progress()) -> tuple:
+    if ins is None:
+        raise gr.Error("Encode a clip first: the sweep re-codes its latents.", print_exception=False)
+    sweep = service.rd_sweep(ins, progress)
+    note = f"RD sweep done in {sweep.seconds:.0f} s (estimated {service.sweep_estimate(ins)[0]:.0f} s)."
+    return note, pictures.rd_figure(sweep.points), sweep.table()
 
 
 def decode_bitstream(glvc_file: str | None, model_key: str, progress: gr.Progress = gr.Progress()) -> Iterator[DecodeOutputs]:
@@ -160,6 +199,27 @@ with gr.Blocks(title="GLVC: generative latent video compression", delete_cache=(
                 with gr.Accordion("Details (JSON)", open=False):
                     details = gr.JSON()
 
+        inspection = gr.State(None, time_to_live=3600)  # the last encode's frames and latents (glvc.pictures.Inspection)
+        gr.Markdown("## Pictures of this encode")
+        per_frame = gr.Plot(label="Per frame: PSNR, and bytes per latent frame (GLVC and x265 at the same size)", format="png", elem_id="per-frame")
+        gr.Markdown("### Frame inspector: original (left of the divider) against the decoded frame, at native size")
+        frame_index = gr.Slider(0, 1, value=0, step=1, label="Frame", interactive=False, elem_id="frame-index")
+        with gr.Row(elem_id="inspector"):
+            inspect_glvc = gr.ImageSlider(label="original | GLVC", format="png", type="numpy", buttons=["fullscreen", "download"],
+                                          interactive=False, max_height=720, elem_id="inspect-glvc")
+            inspect_x265 = gr.ImageSlider(label="original | x265 (same size)", format="png", type="numpy", buttons=["fullscreen", "download"],
+                                          interactive=False, max_height=720, elem_id="inspect-x265")
+        frame_note = gr.Markdown(elem_id="frame-note")
+        gr.Markdown(f"### Where the bits go\nLeft: the bits the entropy model gives each latent position of a latent frame "
+                    f"(the latent y and its share of the hyper-latent), over the first frame it holds. Right: {pictures.LATENT_PROJECTION}.")
+        latent_index = gr.Slider(0, 1, value=0, step=1, label="Latent frame", interactive=False, elem_id="latent-index")
+        bits_plot = gr.Plot(label="Bits per latent position, and the latent", format="png", elem_id="bits-map")
+        gr.Markdown("### RD sweep of this clip (opt-in: it codes the clip at 5 quality indices and x265 at each size)")
+        sweep_note = gr.Markdown("Encode a clip first.", elem_id="sweep-note")
+        sweep_button = gr.Button("Run the RD sweep", interactive=False, elem_id="sweep")
+        rd_plot = gr.Plot(label="Bits per pixel against PSNR", format="png", elem_id="rd-plot")
+        rd_table = gr.Dataframe(headers=["codec", "setting", "bytes", "bpp", "PSNR-RGB (dB)"], label="RD points", interactive=False, elem_id="rd-table")
+
     with gr.Tab("Decode a .glvc file"):
         gr.Markdown("Check a shared bitstream: it must come from the model selected above (the file names its model).")
         with gr.Row():
@@ -175,10 +235,20 @@ with gr.Blocks(title="GLVC: generative latent video compression", delete_cache=(
     encode_button.click(
         encode_video,
         inputs=[video_in, model, rate_mode, quality, kbps, kilobytes, max_height, max_seconds, compare, video_metric],
-        outputs=[status, decoded_video, side_by_side, scores, stages, bitstream_file, details],
+        outputs=[status, decoded_video, side_by_side, scores, stages, bitstream_file, details, inspection],
         api_name="encode",
         concurrency_id="codec",
+    ).then(
+        show_pictures, inputs=inspection,
+        outputs=[per_frame, frame_index, inspect_glvc, inspect_x265, frame_note, latent_index, bits_plot, sweep_note, sweep_button],
+        api_name="pictures", concurrency_id="pictures",
     )
+    frame_index.change(inspect_frame, inputs=[inspection, frame_index], outputs=[inspect_glvc, inspect_x265, frame_note],
+                       api_name="inspect_frame", concurrency_id="pictures", show_progress="hidden")
+    latent_index.change(show_bits, inputs=[inspection, latent_index], outputs=bits_plot, api_name="bits_map",
+                        concurrency_id="pictures", show_progress="hidden")
+    sweep_button.click(run_sweep, inputs=inspection, outputs=[sweep_note, rd_plot, rd_table], api_name="rd_sweep",
+                       concurrency_id="codec")
     decode_button.click(
         decode_bitstream, inputs=[glvc_in, model], outputs=[decode_status, decoded_only, decode_details],
         api_name="decode", concurrency_id="codec",

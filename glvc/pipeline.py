@@ -98,10 +98,32 @@ class Report:
 
 
 @dataclass
+class CodedLatent:
+    """One latent frame as the encoder coded it (``encode(..., keep_latents=True)``)."""
+
+    latent: torch.Tensor  # (1, C, h, w) float32: the tokenizer's normalised latent
+    state: CodecState  # the codec state compress_frame got for it (the initial one on intra frames)
+    frames: int  # real pixel frames it holds (1, or 4; fewer at the end of the clip)
+    payload_bytes: int  # its unit's payload in the stream
+
+
+@dataclass
+class KeptLatents:
+    """The latents of one encode, for analysis (bits maps) and for re-coding at other rates
+    (:meth:`GLVC.encode_latents`) without running the tokenizer's encoder again."""
+
+    frames: list[CodedLatent]
+    quality: int
+    refresh_period: int
+    analysis: "_Analysis" = field(repr=False)
+
+
+@dataclass
 class EncodeResult:
     bitstream: bytes
     reconstruction: np.ndarray | None  # (T, H, W, 3) uint8: exactly what decode() returns
     report: Report
+    latents: KeptLatents | None = None  # with keep_latents=True
 
 
 @dataclass
@@ -267,6 +289,7 @@ class GLVC:
         reconstruct: bool = True,
         progress: ProgressCallback | None = None,
         target_kbps: float | None = None,
+        keep_latents: bool = False,
     ) -> EncodeResult:
         """Encode frames (an (T, H, W, 3) uint8 array or an iterable of (H, W, 3) frames).
 
@@ -279,6 +302,7 @@ class GLVC:
         memory every that many latent frames (0: never). With ``reconstruct`` the result holds the
         frames the decoder will output, bit for bit. With a fixed quality everything streams, one
         latent frame at a time; with a target the latents (1/12 of the frames' size) are kept.
+        ``keep_latents`` returns them, with the codec state of each, in ``result.latents``.
         """
         if sum(x is not None for x in (quality, target_bytes, target_kbps)) != 1:
             raise ValueError("give exactly one of quality, target_bytes and target_kbps")
@@ -298,15 +322,18 @@ class GLVC:
                 raise ValueError(f"expected (T, H, W, 3) uint8 frames with T >= 1, got {frames.shape} {frames.dtype}")
             analysis.total = bitstream.latent_frame_count(frames.shape[0], self.segment)
         latents = self._analyze(iter(frames), analysis, timer)
+        if keep_latents:
+            latents = list(latents)
         coded = None
+        states: list[CodecState] = []
         if quality is None:
             latents = list(latents)
             if target_kbps is not None:
                 target_bytes = bytes_for_kbps(target_kbps, analysis.count, fps)
-            quality, coded = self._search_quality(latents, analysis, fps, target_bytes, refresh_period, timer)
+            quality, coded, states = self._search_quality(latents, analysis, fps, target_bytes, refresh_period, timer)
         quality = int(quality)
         if coded is None:
-            coded = self._code(latents, quality, refresh_period, timer, progress, analysis.total)
+            coded = self._code(latents, quality, refresh_period, timer, progress, analysis.total, states)
         units: list[FrameUnit] = []
         recon: list[np.ndarray] = []
         decoder = None
@@ -322,7 +349,33 @@ class GLVC:
         data = bitstream.pack(self._header(analysis, fps, quality, refresh_period), units)
         report = Report(len(data), analysis.count, analysis.geometry.width, analysis.geometry.height, float(fps), quality,
                         timer.timings, target_bytes)
-        return EncodeResult(data, np.concatenate(recon) if reconstruct else None, report)
+        kept = None
+        if keep_latents:
+            kept = KeptLatents([CodedLatent(z, state, real, len(unit.payload))
+                                for (z, real), state, unit in zip(latents, states, units)], quality, refresh_period, analysis)
+        return EncodeResult(data, np.concatenate(recon) if reconstruct else None, report, kept)
+
+    def encode_latents(self, kept: KeptLatents, fps: float | Fraction, quality: int) -> EncodeResult:
+        """Code the latents of an earlier encode (``keep_latents=True``) at another ``quality``, with
+        its refresh period, and decode them: the stream and frames that :meth:`encode` makes of the
+        same clip at that quality, without the tokenizer's encoder (tested)."""
+        if not 0 <= int(quality) <= self.max_quality:
+            raise ValueError(f"quality must be in 0 .. {self.max_quality}, got {quality}")
+        fps = Fraction(fps).limit_denominator(1001)
+        timer, analysis = _Timer(), kept.analysis
+        latents = [(frame.latent, frame.frames) for frame in kept.frames]
+        states: list[CodecState] = []
+        coded = list(self._code(latents, int(quality), kept.refresh_period, timer, states=states))
+        units = [unit for unit, _, _ in coded]
+        start = time.perf_counter()
+        recon = self._latents_to_frames([(z_hat, real) for _, z_hat, real in coded], analysis)
+        timer.add("tokenizer_decode", start)
+        data = bitstream.pack(self._header(analysis, fps, int(quality), kept.refresh_period), units)
+        report = Report(len(data), analysis.count, analysis.geometry.width, analysis.geometry.height, float(fps),
+                        int(quality), timer.timings)
+        again = KeptLatents([CodedLatent(z, state, real, len(unit.payload)) for (z, real), state, unit
+                             in zip(latents, states, units)], int(quality), kept.refresh_period, analysis)
+        return EncodeResult(data, recon, report, again)
 
     def tokenizer_round_trip(self, frames: np.ndarray | Iterable[np.ndarray]) -> np.ndarray:
         """The frames through the tokenizer alone (encode, then decode the unquantised latents),
@@ -358,13 +411,17 @@ class GLVC:
         if analysis.geometry is None:
             raise ValueError("no frames to encode")
 
-    def _code(self, latents, quality: int, refresh_period: int, timer: _Timer, progress=None, total: int = 0):
-        """Latent codec pass: yields (FrameUnit, z_hat (1, C, h, w), real pixel frames)."""
+    def _code(self, latents, quality: int, refresh_period: int, timer: _Timer, progress=None, total: int = 0,
+              states: list[CodecState] | None = None):
+        """Latent codec pass: yields (FrameUnit, z_hat (1, C, h, w), real pixel frames); appends the
+        state each frame is coded with to ``states`` when given."""
         state = self.codec.initial_state()
         for index, (latent, real) in enumerate(latents):
             kind = bitstream.KIND_INTER
             if state.memory is None or (refresh_period and state.frames_since_refresh >= refresh_period):
                 state, kind = self.codec.initial_state(), bitstream.KIND_INTRA
+            if states is not None:
+                states.append(state)
             start = time.perf_counter()
             payload, z_hat, state = self.codec.compress_frame(latent, state, quality)
             timer.add("latent_coding", start)
@@ -373,24 +430,26 @@ class GLVC:
             yield FrameUnit(kind=kind, payload=payload), z_hat, real
 
     def _search_quality(self, latents, analysis, fps, target_bytes, refresh_period, timer):
-        """Bisection over the quality index with the latent codec alone; returns (quality, coded)."""
+        """Bisection over the quality index with the latent codec alone; returns (quality, coded, states)."""
         coded_at: dict[int, list] = {}
+        states_at: dict[int, list[CodecState]] = {}
 
         def size(q: int) -> int:
-            coded_at[q] = list(self._code(latents, q, refresh_period, timer))
+            states_at[q] = []
+            coded_at[q] = list(self._code(latents, q, refresh_period, timer, states=states_at[q]))
             units = [unit for unit, _, _ in coded_at[q]]
             return len(bitstream.pack(self._header(analysis, fps, q, refresh_period), units))
 
         low, high = 0, self.max_quality
         if size(low) > target_bytes:
-            return low, coded_at[low]
+            return low, coded_at[low], states_at[low]
         while low < high:  # invariant: size(low) fits
             mid = (low + high + 1) // 2
             if size(mid) <= target_bytes:
                 low = mid
             else:
                 high = mid - 1
-        return low, coded_at[low]
+        return low, coded_at[low], states_at[low]
 
     def _header(self, analysis: "_Analysis", fps: Fraction, quality: int, refresh_period: int) -> Header:
         geometry = analysis.geometry

@@ -44,6 +44,7 @@ import torch
 from . import bitstream
 from .bitstream import BitstreamError
 from .defaults import default_model
+from .pictures import Inspection, make_inspection
 from .pipeline import GLVC, ModelLoadError, bytes_for_kbps, bytes_for_kilobytes
 from .video_io import Video, VideoError, read_video, write_video
 
@@ -461,6 +462,7 @@ class EncodeOutcome:
     timings: list[list[str]]  # [stage, seconds]
     details: dict[str, Any]
     decoded: np.ndarray = field(repr=False)  # (T, H, W, 3) uint8, bit-identical to decoding the .glvc
+    inspection: "Inspection | None" = field(default=None, repr=False)  # what the pictures need (glvc.pictures)
 
 
 def _metric_cell(value) -> str:
@@ -514,6 +516,160 @@ def _metric_label(key: str, label: str, value) -> str:
     return label
 
 
+@dataclass
+class _Comparison:
+    """x265 at GLVC's size: its result (a :class:`~glvc.baselines.BaselineResult`), CRF and scores."""
+
+    result: Any
+    crf: int
+    scores: dict
+
+
+def _encode_glvc(model: GLVC, frames: np.ndarray, fps: Fraction, quality: int | None, target: int | None,
+                 progress: ProgressFn, stages: dict[str, float]):
+    """GLVC at a quality or a target size, keeping the latents for the pictures; returns (result, seconds)."""
+
+    def on_latent(done: int, total: int) -> None:
+        progress(0.05 + 0.55 * done / max(total, 1), desc=f"GLVC: latent frame {done}/{total or '?'}")
+
+    progress(0.05, desc="GLVC: analysing the clip" if target else "GLVC: encoding")
+    start = time.perf_counter()
+    rate = {"quality": quality} if target is None else {"target_bytes": target}
+    result = model.encode(frames, fps, progress=on_latent, keep_latents=True, **rate)
+    seconds = time.perf_counter() - start
+    for name, spent in result.report.timings.items():
+        stages[f"GLVC {name.replace('_', ' ')}"] = spent
+    return result, seconds
+
+
+def _compare_x265(frames: np.ndarray, fps: Fraction, target_bytes: int, video_metric: bool, progress: ProgressFn,
+                  stages: dict[str, float]) -> _Comparison:
+    from .baselines import match_bitrate
+
+    progress(0.7, desc="x265 at the same size")
+    start = time.perf_counter()
+    x265, crf = match_bitrate(frames, fps, "x265", target_bytes=target_bytes, extra_params=X265_SERVER_PARAMS)
+    stages["x265 rate search (encode + decode)"] = time.perf_counter() - start
+    progress(0.85, desc="scoring x265")
+    return _Comparison(x265, crf, _score(frames, x265.decoded, fps, video_metric, stages, "x265"))
+
+
+def _write_files(workdir: str, name: str, frames: np.ndarray, fps: Fraction, result, x265: _Comparison | None,
+                 stages: dict[str, float]) -> tuple[str, str, str]:
+    """The .glvc file, the decoded mp4 and the side-by-side mp4: their paths."""
+    start = time.perf_counter()
+    report, decoded = result.report, result.reconstruction
+    bitstream_path = os.path.join(workdir, f"{name}.glvc")
+    with open(bitstream_path, "wb") as f:
+        f.write(result.bitstream)
+    decoded_mp4 = os.path.join(workdir, f"{name}_glvc.mp4")
+    write_video(decoded_mp4, decoded, fps)
+    panels = [("original", frames), (f"GLVC {report.bits_per_pixel:.3f} bpp", decoded)]
+    if x265 is not None:
+        panels.append((f"x265 {x265.result.bpp:.3f} bpp", x265.result.decoded))
+    sbs_mp4 = os.path.join(workdir, f"{name}_side_by_side.mp4")
+    write_video(sbs_mp4, side_by_side(panels), fps)
+    stages["write mp4s"] = time.perf_counter() - start
+    return bitstream_path, decoded_mp4, sbs_mp4
+
+
+def _scores_table(frames: np.ndarray, report, scores: dict, x265: _Comparison | None) -> list[list[str]]:
+    """[measure, GLVC, x265 or "-"] rows: rate, then every metric of METRIC_ROWS."""
+    raw_bytes = frames.size  # 8-bit RGB of the coded frames
+    x = x265.result if x265 else None
+    table = [
+        ["bytes", f"{report.bytes:,}", f"{x.bitstream_bytes:,}" if x else "-"],
+        ["kbps", f"{report.kbps:.1f}", f"{x.kbps:.1f}" if x else "-"],
+        ["bits per pixel", f"{report.bits_per_pixel:.4f}", f"{x.bpp:.4f}" if x else "-"],
+        ["compression ratio (vs 8-bit RGB)", f"{raw_bytes / report.bytes:,.0f}:1",
+         f"{raw_bytes / x.bitstream_bytes:,.0f}:1" if x else "-"],
+        ["rate setting", f"quality {report.quality}", f"CRF {x265.crf}" if x else "-"],
+    ]
+    for key, label in METRIC_ROWS:
+        if key not in scores:  # ColorVideoVDP not asked for
+            table.append([label, VIDEO_METRIC_OFF, VIDEO_METRIC_OFF if x265 else "-"])
+            continue
+        table.append([_metric_label(key, label, scores[key]), _metric_cell(scores[key]),
+                      _metric_cell(x265.scores[key]) if x265 else "-"])
+    return table
+
+
+def _status_line(video: Video, report, target: int | None, scores: dict, glvc_seconds: float,
+                 x265: _Comparison | None, max_seconds: float) -> str:
+    how = f"quality {report.quality}" if target is None else f"quality {report.quality} (chosen for a target of {target:,} bytes)"
+    status = (
+        f"GLVC: {report.frames} frames {report.width}x{report.height} @ {float(video.fps):g} fps, {how}: "
+        f"{report.bytes:,} bytes, {report.kbps:.1f} kbps, {report.bits_per_pixel:.4f} bpp, "
+        f"PSNR {_metric_cell(scores['psnr'])}; encode {glvc_seconds:.1f} s"
+    )
+    if report.target_note():
+        status += f". Note: {report.target_note()}"
+    if x265 is not None:
+        x = x265.result
+        status += f". x265 CRF {x265.crf}: {x.bitstream_bytes:,} bytes, PSNR {_metric_cell(x265.scores['psnr'])}"
+        if x.bitstream_bytes > report.bytes:
+            status += " (its smallest stream is larger than GLVC's)"
+    if video.truncated:
+        status += f". Input trimmed to {max_seconds:g} s"
+    return status
+
+
+def _metric_values(scores: dict) -> dict[str, Any]:
+    return {k: v.value if v.available else f"unavailable: {v.unavailable_reason}" for k, v in scores.items()}
+
+
+def _details(video_path: str, video: Video, model_key: str, model: GLVC, rate: Rate, target: int | None, result,
+             scores: dict, video_metric: bool, x265: _Comparison | None, stages: dict[str, float]) -> dict[str, Any]:
+    from . import metrics
+
+    report, fps = result.report, video.fps
+    details = {
+        "input": {
+            "file": os.path.basename(video_path),
+            "source_size": list(video.source_size),
+            "coded_size": [video.width, video.height],
+            "frames": video.num_frames,
+            "fps": f"{fps.numerator}/{fps.denominator}",
+            "truncated": video.truncated,
+        },
+        "model": {"choice": model_key, "source": model_source(model_key), "fingerprint": model.fingerprint.hex(),
+                  "device": device()},
+        "rate": {"mode": rate.mode, "target_bytes": target, "chosen_quality": report.quality},
+        "glvc": report.as_dict(),
+        "glvc_metrics": _metric_values(scores),
+        "cvvdp_display": metrics.CVVDP_DISPLAY if video_metric else None,
+        "decoded_sha256": frames_digest(result.reconstruction),
+        "stages_seconds": {k: round(v, 3) for k, v in stages.items()},
+    }
+    if x265 is not None:
+        x = x265.result
+        details["x265"] = {
+            "crf": x265.crf, "bytes": x.bitstream_bytes, "payload_bytes": x.payload_bytes,
+            "kbps": x.kbps, "bpp": x.bpp, "search": x.params.get("search"),
+            "byte_count": x.params.get("byte_count"), "preset": x.params.get("preset"),
+            "metrics": _metric_values(x265.scores),
+        }
+    return details
+
+
+def _inspection(model_key: str, model: GLVC, video: Video, result, target: int | None, scores: dict,
+                x265: _Comparison | None, stages: dict[str, float]) -> Inspection:
+    """What the pictures need (glvc.pictures), from this encode's own data; and what a sweep will cost."""
+    start = time.perf_counter()
+    report = result.report
+    passes = 1 if target is None else 1 + math.ceil(math.log2(model.max_quality + 1))  # the bisection's codec passes
+    per_rate = {"GLVC": report.timings.get("latent_coding", 0.0) / passes + report.timings.get("tokenizer_decode", 0.0)}
+    if x265 is not None:
+        per_rate["x265"] = stages["x265 rate search (encode + decode)"]
+    inspection = make_inspection(
+        model_key, video.fps, video.frames, result.reconstruction, result.latents, report.bytes,
+        x265.result if x265 else None, seconds_per_rate=per_rate,
+        glvc_psnr=scores["psnr"].per_frame, x265_psnr=x265.scores["psnr"].per_frame if x265 else None,
+    )
+    stages["pictures (data)"] = time.perf_counter() - start
+    return inspection
+
+
 @spaces.GPU(duration=120)
 def encode_clip(
     video_path: str | None,
@@ -534,9 +690,6 @@ def encode_clip(
     folder when None; the caller removes it). Raises :class:`UserError` for anything the user
     can fix.
     """
-    from . import metrics
-    from .baselines import match_bitrate
-
     lim = limits()
     video_metric = video_metric_default() if video_metric is None else bool(video_metric)
     max_height = int(max_height or lim.default_height)
@@ -562,109 +715,99 @@ def encode_clip(
         if not 0 <= quality <= model.max_quality:
             raise UserError(f"quality {quality} is outside this model's range 0 .. {model.max_quality}")
 
-    def on_latent(done: int, total: int) -> None:
-        progress(0.05 + 0.55 * done / max(total, 1), desc=f"GLVC: latent frame {done}/{total or '?'}")
-
-    progress(0.05, desc="GLVC: analysing the clip" if target else "GLVC: encoding")
-    start = time.perf_counter()
-    if target is None:
-        result = model.encode(frames, fps, quality=quality, progress=on_latent)
-    else:
-        result = model.encode(frames, fps, target_bytes=target, progress=on_latent)
-    glvc_seconds = time.perf_counter() - start
+    result, glvc_seconds = _encode_glvc(model, frames, fps, quality, target, progress, stages)
     report = result.report
-    decoded = result.reconstruction
-    for name, seconds in report.timings.items():
-        stages[f"GLVC {name.replace('_', ' ')}"] = seconds
-
     progress(0.6, desc="scoring GLVC")
-    scores = _score(frames, decoded, fps, video_metric, stages, "GLVC")
-
-    x265 = x265_scores = None
-    x265_crf = None
-    if compare_x265:
-        progress(0.7, desc="x265 at the same size")
-        start = time.perf_counter()
-        x265, x265_crf = match_bitrate(frames, fps, "x265", target_bytes=report.bytes, extra_params=X265_SERVER_PARAMS)
-        stages["x265 rate search (encode + decode)"] = time.perf_counter() - start
-        progress(0.85, desc="scoring x265")
-        x265_scores = _score(frames, x265.decoded, fps, video_metric, stages, "x265")
+    scores = _score(frames, result.reconstruction, fps, video_metric, stages, "GLVC")
+    x265 = _compare_x265(frames, fps, report.bytes, video_metric, progress, stages) if compare_x265 else None
+    inspection = _inspection(model_key, model, video, result, target, scores, x265, stages)
 
     progress(0.92, desc="writing the videos")
-    start = time.perf_counter()
     name = os.path.splitext(os.path.basename(video_path))[0] or "clip"
-    bitstream_path = os.path.join(workdir, f"{name}.glvc")
-    with open(bitstream_path, "wb") as f:
-        f.write(result.bitstream)
-    decoded_mp4 = os.path.join(workdir, f"{name}_glvc.mp4")
-    write_video(decoded_mp4, decoded, fps)
-    panels = [("original", frames), (f"GLVC {report.bits_per_pixel:.3f} bpp", decoded)]
-    if x265 is not None:
-        panels.append((f"x265 {x265.bpp:.3f} bpp", x265.decoded))
-    sbs_mp4 = os.path.join(workdir, f"{name}_side_by_side.mp4")
-    write_video(sbs_mp4, side_by_side(panels), fps)
-    stages["write mp4s"] = time.perf_counter() - start
+    bitstream_path, decoded_mp4, sbs_mp4 = _write_files(workdir, name, frames, fps, result, x265, stages)
     progress(1.0, desc="done")
 
-    raw_bytes = frames.size  # 8-bit RGB of the coded frames
-    table = [
-        ["bytes", f"{report.bytes:,}", f"{x265.bitstream_bytes:,}" if x265 else "-"],
-        ["kbps", f"{report.kbps:.1f}", f"{x265.kbps:.1f}" if x265 else "-"],
-        ["bits per pixel", f"{report.bits_per_pixel:.4f}", f"{x265.bpp:.4f}" if x265 else "-"],
-        ["compression ratio (vs 8-bit RGB)", f"{raw_bytes / report.bytes:,.0f}:1",
-         f"{raw_bytes / x265.bitstream_bytes:,.0f}:1" if x265 else "-"],
-        ["rate setting", f"quality {report.quality}", f"CRF {x265_crf}" if x265 else "-"],
-    ]
-    for key, label in METRIC_ROWS:
-        if key not in scores:  # ColorVideoVDP not asked for
-            table.append([label, VIDEO_METRIC_OFF, VIDEO_METRIC_OFF if x265_scores else "-"])
-            continue
-        table.append([_metric_label(key, label, scores[key]), _metric_cell(scores[key]),
-                      _metric_cell(x265_scores[key]) if x265_scores else "-"])
+    table = _scores_table(frames, report, scores, x265)
     timings = [[stage, f"{seconds:.2f}"] for stage, seconds in stages.items()]
     timings.append(["total", f"{sum(stages.values()):.2f}"])
+    status = _status_line(video, report, target, scores, glvc_seconds, x265, max_seconds)
+    details = _details(video_path, video, model_key, model, rate, target, result, scores, video_metric, x265, stages)
+    return EncodeOutcome(status, decoded_mp4, sbs_mp4, bitstream_path, table, timings, details, result.reconstruction, inspection)
 
-    how = f"quality {report.quality}" if target is None else f"quality {report.quality} (chosen for a target of {target:,} bytes)"
-    status = (
-        f"GLVC: {report.frames} frames {report.width}x{report.height} @ {float(fps):g} fps, {how}: "
-        f"{report.bytes:,} bytes, {report.kbps:.1f} kbps, {report.bits_per_pixel:.4f} bpp, "
-        f"PSNR {_metric_cell(scores['psnr'])}; encode {glvc_seconds:.1f} s"
-    )
-    if report.target_note():
-        status += f". Note: {report.target_note()}"
-    if x265 is not None:
-        status += f". x265 CRF {x265_crf}: {x265.bitstream_bytes:,} bytes, PSNR {_metric_cell(x265_scores['psnr'])}"
-        if x265.bitstream_bytes > report.bytes:
-            status += " (its smallest stream is larger than GLVC's)"
-    if video.truncated:
-        status += f". Input trimmed to {max_seconds:g} s"
 
-    details = {
-        "input": {
-            "file": os.path.basename(video_path),
-            "source_size": list(video.source_size),
-            "coded_size": [video.width, video.height],
-            "frames": video.num_frames,
-            "fps": f"{fps.numerator}/{fps.denominator}",
-            "truncated": video.truncated,
-        },
-        "model": {"choice": model_key, "source": model_source(model_key), "fingerprint": model.fingerprint.hex(),
-                  "device": device()},
-        "rate": {"mode": rate.mode, "target_bytes": target, "chosen_quality": report.quality},
-        "glvc": report.as_dict(),
-        "glvc_metrics": {k: v.value if v.available else f"unavailable: {v.unavailable_reason}" for k, v in scores.items()},
-        "cvvdp_display": metrics.CVVDP_DISPLAY if video_metric else None,
-        "decoded_sha256": frames_digest(decoded),
-        "stages_seconds": {k: round(v, 3) for k, v in stages.items()},
-    }
-    if x265 is not None:
-        details["x265"] = {
-            "crf": x265_crf, "bytes": x265.bitstream_bytes, "payload_bytes": x265.payload_bytes,
-            "kbps": x265.kbps, "bpp": x265.bpp, "search": x265.params.get("search"),
-            "byte_count": x265.params.get("byte_count"), "preset": x265.params.get("preset"),
-            "metrics": {k: v.value if v.available else f"unavailable: {v.unavailable_reason}" for k, v in x265_scores.items()},
-        }
-    return EncodeOutcome(status, decoded_mp4, sbs_mp4, bitstream_path, table, timings, details, decoded)
+# ---------------------------------------------------------------------------------------------
+# pictures of an encode (drawn by glvc.pictures from the request's Inspection)
+
+
+def latent_bits(ins: Inspection, index: int) -> np.ndarray:
+    """Bits per latent position (h, w) of latent frame ``index`` of an encode (LatentCodec.bits_map,
+    on the state the encoder coded it with)."""
+    index = int(np.clip(index, 0, ins.num_latents - 1))
+    frame = ins.latents.frames[index]
+    return get_model(ins.model_key).codec.bits_map(frame.latent, frame.state, ins.latents.quality).numpy()
+
+
+def bits_picture(ins: Inspection, index: int):
+    """The "where the bits go" figure of latent frame ``index``."""
+    from .pictures import bits_figure, latent_projection
+
+    index = int(np.clip(index, 0, ins.num_latents - 1))
+    projection = latent_projection([frame.latent for frame in ins.latents.frames])
+    return bits_figure(ins, latent_bits(ins, index), index, projection)
+
+
+def sweep_qualities(max_quality: int, points: int = 5) -> list[int]:
+    """``points`` quality indices spread evenly over 0 .. ``max_quality``."""
+    return sorted({int(round(q)) for q in np.linspace(0, max_quality, points)})
+
+
+def sweep_estimate(ins: Inspection) -> tuple[float, str]:
+    """(seconds, one line) that an RD sweep of this encode will take, from this encode's own times."""
+    qualities = sweep_qualities(get_model(ins.model_key).max_quality)
+    n, coded = len(qualities), len([q for q in qualities if q != ins.latents.quality])  # this encode's rate is reused
+    per = ins.seconds_per_rate
+    seconds = coded * per.get("GLVC", 0.0) + n * per.get("x265", 0.0)
+    parts = f"{coded} GLVC rates x {per.get('GLVC', 0.0):.1f} s (latent coding + tokenizer decode, as in this encode)"
+    parts += f" + {n} x265 rate searches x {per['x265']:.1f} s" if "x265" in per else " + x265 (not timed: the comparison was off)"
+    return seconds, f"An RD sweep of this clip will take about **{seconds:.0f} s**: {parts}."
+
+
+@dataclass
+class RDSweep:
+    points: list[dict[str, Any]]  # {"codec", "quality" | "crf", "bytes", "bpp", "psnr", "label"}
+    seconds: float
+
+    def table(self) -> list[list[str]]:
+        return [[p["codec"], p["label"], f"{p['bytes']:,}", f"{p['bpp']:.4f}", f"{p['psnr']:.2f}"] for p in self.points]
+
+
+@spaces.GPU(duration=300)
+def rd_sweep(ins: Inspection, progress: ProgressFn = _no_progress) -> RDSweep:
+    """GLVC at :func:`sweep_qualities` (the kept latents re-coded: no tokenizer encode) and x265 at
+    each of those sizes, on the clip of ``ins``; PSNR-RGB per point."""
+    from .baselines import match_bitrate
+    from .metrics import psnr_rgb
+
+    model = get_model(ins.model_key)
+    start = time.perf_counter()
+    pixels = ins.original.shape[0] * ins.original.shape[1] * ins.original.shape[2]
+    qualities = sweep_qualities(model.max_quality)
+    points = []
+    for i, q in enumerate(qualities):
+        progress(i / len(qualities), desc=f"GLVC at quality {q} ({i + 1}/{len(qualities)})")
+        if q == ins.latents.quality:  # the request's own encode
+            size, decoded = ins.glvc_bytes, ins.glvc
+        else:
+            result = model.encode_latents(ins.latents, ins.fps, q)
+            size, decoded = result.report.bytes, result.reconstruction
+        points.append({"codec": "GLVC", "quality": q, "bytes": size, "bpp": 8 * size / pixels,
+                       "psnr": psnr_rgb(ins.original, decoded).value, "label": f"q{q}"})
+        progress((i + 0.5) / len(qualities), desc=f"x265 at {size:,} bytes ({i + 1}/{len(qualities)})")
+        x265, crf = match_bitrate(ins.original, ins.fps, "x265", target_bytes=size, extra_params=X265_SERVER_PARAMS)
+        points.append({"codec": "x265", "crf": crf, "bytes": x265.bitstream_bytes, "bpp": x265.bpp,
+                       "psnr": psnr_rgb(ins.original, x265.decoded).value, "label": f"crf {crf}"})
+    progress(1.0, desc="done")
+    return RDSweep(points, time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------------------------------------

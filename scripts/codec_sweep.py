@@ -31,7 +31,7 @@ sys.path.insert(0, ROOT)
 
 from glvc import bitstream  # noqa: E402
 from glvc.codec import LatentCodec  # noqa: E402
-from glvc.evaluate import discover_clips, load_clip  # noqa: E402
+from glvc.eval_clips import discover_clips, load_clip  # noqa: E402
 from glvc.metrics import psnr_rgb  # noqa: E402
 from glvc.pipeline import GLVC, _Analysis, _Timer  # noqa: E402
 from scripts.json_report import print_and_save  # noqa: E402

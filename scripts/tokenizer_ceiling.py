@@ -30,7 +30,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from glvc.defaults import default_model  # noqa: E402
-from glvc.evaluate import discover_clips, load_clip  # noqa: E402
+from glvc.eval_clips import discover_clips, load_clip  # noqa: E402
 from glvc.metrics import ms_ssim, psnr_rgb  # noqa: E402
 from glvc.pipeline import GLVC  # noqa: E402
 from glvc.tokenizer import Tokenizer  # noqa: E402

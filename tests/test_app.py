@@ -206,3 +206,92 @@ class TestService:
         assert out.shape == (2, 40, 104, 3)
         assert (out[:, 30:, 54:] == 100).all() and (out[:, :, 50:54] == 255).all()
         assert out[0, :12, :20].max() > 200  # the label: light text on a dark box
+
+
+@pytest.fixture(scope="module")
+def pictured(tmp_path_factory):
+    """One real encode of vtest (86x64, 9 frames = 3 latent frames) with x265, as the app makes it."""
+    out = service.encode_clip(VTEST, "default", service.Rate("quality", 32), 64, 0.9, True,
+                              str(tmp_path_factory.mktemp("pictures")), video_metric=False)
+    return out, out.inspection
+
+
+def _png_size(fig) -> tuple[int, int, int]:
+    """(width, height, distinct colours) of a figure rendered as the app sends it."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    return image.width, image.height, len(set(image.getdata()))
+
+
+class TestPictures:
+    """Each picture of the app, from one real encode (glvc.pictures and the service behind it)."""
+
+    def test_per_frame_chart(self, pictured):
+        from glvc import bitstream, pictures
+
+        out, ins = pictured
+        fig = pictures.per_frame_chart(ins)
+        top, bottom = fig.axes
+        glvc_line, x265_line = top.get_lines()
+        assert np.allclose(glvc_line.get_ydata(), ins.glvc_psnr) and np.allclose(x265_line.get_ydata(), ins.x265_psnr)
+        table_psnr = next(row for row in out.table if row[0].startswith("PSNR"))
+        assert f"{ins.glvc_psnr.mean():.2f} dB" == table_psnr[1] and f"{ins.x265_psnr.mean():.2f} dB" == table_psnr[2]
+        with open(out.bitstream_path, "rb") as f:
+            units = bitstream.unpack(f.read()).units
+        glvc_steps, x265_steps = (patch.get_data().values.tolist() for patch in bottom.patches)
+        assert glvc_steps == [len(unit.payload) for unit in units]
+        assert sum(x265_steps) == out.details["x265"]["bytes"]  # every x265 frame's packet, once
+        assert ins.spans == [(0, 1), (1, 5), (5, 9)]
+        width, height, colours = _png_size(fig)
+        assert width > 500 and height > 300 and colours > 50
+
+    def test_frame_inspector(self, pictured):
+        from glvc import pictures
+
+        out, ins = pictured
+        original, glvc = pictures.frame_pair(ins, 4, "glvc")
+        assert original.shape == glvc.shape == (64, 86, 3)
+        assert np.array_equal(glvc, out.decoded[4]) and not np.array_equal(original, glvc)
+        _, x265 = pictures.frame_pair(ins, 99, "x265")  # clamped to the last frame
+        assert np.array_equal(x265, ins.x265[8])
+        assert pictures.frame_caption(ins, 4).startswith(f"Frame 4 of 9 (latent frame 1): GLVC {ins.glvc_psnr[4]:.2f} dB")
+
+    def test_bits_map(self, pictured):
+        from glvc import pictures
+
+        _, ins = pictured
+        for index, frame in enumerate(ins.latents.frames):
+            bits = service.latent_bits(ins, index)
+            assert bits.shape == (8, 12) and (bits >= 0).all()  # 96x64 padded / 8
+            assert 0.6 <= bits.sum() / (8 * frame.payload_bytes) <= 1.02  # ~70-byte frames: framing is ~10% here
+        fig = service.bits_picture(ins, 1)
+        heat = fig.axes[0].get_images()[1].get_array()
+        assert np.allclose(heat, service.latent_bits(ins, 1))
+        rgb = fig.axes[1].get_images()[0].get_array()
+        assert rgb.shape == (8, 12, 3) and 0 <= rgb.min() and rgb.max() <= 1 and rgb.std() > 0.05
+        projection = pictures.latent_projection([f.latent for f in ins.latents.frames])
+        assert np.allclose(rgb, pictures.latent_rgb(ins.latents.frames[1].latent, projection))
+        assert _png_size(fig)[2] > 50
+
+    def test_rd_sweep(self, pictured):
+        from glvc import pictures
+
+        out, ins = pictured
+        seconds, line = service.sweep_estimate(ins)
+        assert seconds > 0 and "4 GLVC rates" in line and "5 x265 rate searches" in line  # q32 is this encode's
+        sweep = service.rd_sweep(ins)
+        glvc = [p for p in sweep.points if p["codec"] == "GLVC"]
+        x265 = [p for p in sweep.points if p["codec"] == "x265"]
+        assert [p["quality"] for p in glvc] == [0, 16, 32, 47, 63] and len(x265) == 5
+        assert [p["bytes"] for p in glvc] == sorted(p["bytes"] for p in glvc)
+        assert next(p for p in glvc if p["quality"] == 32)["bytes"] == out.details["glvc"]["bytes"]
+        for g, x in zip(glvc, x265):  # x265 at the same size: no larger, unless its highest CRF is
+            assert x["bytes"] <= g["bytes"] or x["crf"] == 51
+        fig = pictures.rd_figure(sweep.points)
+        assert [len(line.get_xdata()) for line in fig.axes[0].get_lines()] == [5, 5]
+        assert len(sweep.table()) == 10 and _png_size(fig)[2] > 50

@@ -2,7 +2,8 @@
 
 Starts the app in-process, runs ``tests/browser/app.spec.mjs`` (upload a clip, encode, check
 that the decoded video plays, the numbers show and the ``.glvc`` downloads, decode that file in
-the second tab, no error in the page) and keeps its screenshots in the test's tmp_path. Skips, saying why, without chromium, node or ``tests/browser/node_modules``.
+the second tab, no error in the page; then every picture: the per-frame chart, the frame
+inspector, the bits map and an RD sweep, each rendered and screenshotted) and keeps its screenshots in the test's tmp_path. Skips, saying why, without chromium, node or ``tests/browser/node_modules``.
 Setup (once)::
 
     apt-get update && apt-get install -y chromium nodejs npm
@@ -69,3 +70,10 @@ def test_upload_encode_download_in_chromium(tmp_path):
     assert seen["download"]["name"].endswith(".glvc")
     assert seen["decode_status"].startswith("Decoded 9 frames")  # the second tab, from the download
     assert os.path.getsize(seen["screenshot"]) > 10_000
+    # every picture: rendered, not blank, and a screenshot of it (docs/images/ holds the README's copies)
+    assert set(seen["pictures"]) == {"per_frame", "inspector", "bits", "rd"}
+    for name, picture in seen["pictures"].items():
+        assert all(img["width"] > 0 and img["colours"] > 1 for img in picture["images"]), (name, picture)
+        assert os.path.getsize(picture["screenshot"]) > 2_000, name
+    assert seen["frame_note"].startswith("Frame 2 of 9")
+    assert "about" in seen["sweep_estimate"] and seen["sweep_note"].startswith("RD sweep done")

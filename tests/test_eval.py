@@ -12,7 +12,9 @@ import torch
 from PIL import Image
 
 from glvc import cli
-from glvc.evaluate import EvalConfig, bd_pair, discover_clips, pareto_front, run_eval, span_crfs
+from glvc.eval_clips import discover_clips
+from glvc.evaluate import EvalConfig, run_eval, span_crfs
+from glvc.rd import bd_pair, pareto_front
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_MP4 = os.path.join(ROOT, "tests", "data", "tiny.mp4")
@@ -157,7 +159,7 @@ def test_eval_smoke(tiny_model_dir, frame_clip, tmp_path):
     lp_entry = [b for b in result.bd if b["metric"] == "lpips"][0]
     assert lp_entry["bd_rate"] is None and lp_entry["bd_rate_note"].startswith("unavailable:")
     # ColorVideoVDP is higher-is-better: BD entries like PSNR's, its own RD plot
-    from glvc.evaluate import METRIC_LABELS
+    from glvc.report import METRIC_LABELS
     from glvc.metrics import CVVDP_DISPLAY
 
     cv = [b for b in result.bd if b["metric"] == "cvvdp"]

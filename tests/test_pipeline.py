@@ -270,3 +270,29 @@ def test_codec_sweep_codes_the_same_latents_as_encode(tiny_model, tiny_model_dir
     assert result["rows"][0]["bytes"] <= result["rows"][1]["bytes"]
     assert result["tokenizer_psnr"] == pytest.approx(psnr_rgb(frames, tiny_model.tokenizer_round_trip(frames)).value, abs=1e-3)
     assert sweep_clip(model, {"tiny": codec}, frames, 25, [0], latent_only=True)["rows"][0]["bytes"] == result["rows"][0]["bytes"]
+
+
+class TestKeptLatents:
+    """encode(..., keep_latents=True) and encode_latents: the RD sweep's and the bits map's data."""
+
+    def test_kept_latents_describe_the_stream(self, tiny_model, real_frames):
+        frames = real_frames[:6]  # latent frames of 1, 4 and 1 real frames
+        result = tiny_model.encode(frames, 25, quality=20, keep_latents=True)
+        kept = result.latents
+        units = bitstream.unpack(result.bitstream).units
+        assert kept.quality == 20 and [f.frames for f in kept.frames] == [1, 4, 1]
+        assert [f.payload_bytes for f in kept.frames] == [len(u.payload) for u in units]
+        assert kept.frames[0].state.memory is None and kept.frames[1].state.memory is not None
+        assert tiny_model.encode(frames, 25, quality=20).bitstream == result.bitstream  # keeping changes nothing
+
+    def test_recoding_equals_encoding_at_that_quality(self, tiny_model, real_frames):
+        frames = real_frames[:9]
+        kept = tiny_model.encode(frames, 25, target_bytes=10**6, keep_latents=True).latents  # a target: the search path
+        for quality in (0, 63):
+            again = tiny_model.encode_latents(kept, 25, quality)
+            direct = tiny_model.encode(frames, 25, quality=quality)
+            assert again.bitstream == direct.bitstream
+            assert np.array_equal(again.reconstruction, direct.reconstruction)
+            assert again.report.bytes == len(direct.bitstream) and again.latents.quality == quality
+        with pytest.raises(ValueError, match="quality must be in 0 .. 63, got 64"):
+            tiny_model.encode_latents(kept, 25, 64)

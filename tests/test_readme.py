@@ -116,3 +116,14 @@ def test_commands_do_not_import_each_other():
                 target = ("." * node.level) + (node.module or "")
                 assert target not in (".cli", "glvc.cli"), f"glvc/{name} imports {target}"
                 assert not (target == "." and any(a.name == "cli" for a in node.names)), f"glvc/{name} imports cli"
+
+
+def test_readme_pictures_exist_and_are_small():
+    """Every image the README shows is in the repository (the app's pictures: docs/images/, from tests/browser)."""
+    with open(os.path.join(REPO, "README.md")) as f:
+        images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", f.read())
+    assert {f"docs/images/picture_{name}.png" for name in ("per_frame", "inspector", "bits", "rd_sweep")} <= set(images)
+    for path in images:
+        assert not os.path.isabs(path) and os.path.isfile(os.path.join(REPO, path)), path
+        if path.startswith("docs/images/"):
+            assert os.path.getsize(os.path.join(REPO, path)) < 200_000, path

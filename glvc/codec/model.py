@@ -520,7 +520,15 @@ class LatentCodec(CompressionModel, ConfigMixin):
         y_hat_s = means_s + (y_s - means_s) + ((y_s - means_s).round() - (y_s - means_s)).detach()
         z_hat, new_memory = self._reconstruct(y_hat_s / s, context, memory)
         bits = -(torch.log2(y_likelihood).flatten(1).sum(1) + torch.log2(hz_likelihood).flatten(1).sum(1))
-        return {"z_hat": z_hat, "state": CodecState(new_memory, state.frames_since_refresh + 1), "bits": bits}
+        return {"z_hat": z_hat, "state": CodecState(new_memory, state.frames_since_refresh + 1), "bits": bits,
+                "likelihoods": {"y": y_likelihood, "hz": hz_likelihood}}  # (B, M, h/2, w/2), (B, K, h/4, w/4)
+
+    def bits_map(self, z: torch.Tensor, state: CodecState, quality: int) -> torch.Tensor:
+        """Bits spent at each latent position of one frame (h, w) float32, from the entropy model's
+        likelihoods on the encoder's own state: :func:`glvc.codec.analysis.bits_map`."""
+        from .analysis import bits_map
+
+        return bits_map(self, z, state, quality)
 
     # ------------------------------------------------------------------ entropy coding
     @torch.inference_mode()

@@ -1,6 +1,7 @@
 // Drive the GLVC Gradio app in a real browser (Debian's chromium through playwright-core):
 // upload a clip, encode, and check that the decoded video plays, the numbers show and the
-// .glvc download works; then decode that download in the second tab. Saves full-page
+// .glvc download works and every picture (per-frame chart, frame inspector, bits map, RD sweep)
+// renders, each saved as picture_*.png; then decode that download in the second tab. Saves full-page
 // screenshots app.png (the encode tab) and app_decode.png, and fails on any error in the page.
 //
 // Environment:
@@ -35,6 +36,60 @@ watchdog.unref();
 
 function check(condition, message) {
   if (!condition) throw new Error(`check failed: ${message}`);
+}
+
+// Every <img> under a component, once loaded: its natural size and how many distinct colours a
+// 64x64 sample of it holds (a blank or broken picture has 0 or 1).
+async function images(locator) {
+  await locator.locator("img").first().waitFor({ timeout: 60_000 });
+  return locator.locator("img").evaluateAll((imgs) =>
+    Promise.all(
+      imgs.map(
+        (img) =>
+          new Promise((resolve) => {
+            const measure = () => {
+              const canvas = document.createElement("canvas");
+              canvas.width = canvas.height = 64;
+              const ctx = canvas.getContext("2d");
+              let colours = 0;
+              try {
+                ctx.drawImage(img, 0, 0, 64, 64);
+                const data = ctx.getImageData(0, 0, 64, 64).data;
+                const seen = new Set();
+                for (let i = 0; i < data.length; i += 4) seen.add((data[i] << 16) | (data[i + 1] << 8) | data[i + 2]);
+                colours = seen.size;
+              } catch (err) {
+                colours = -1; // not readable (another origin)
+              }
+              resolve({ width: img.naturalWidth, height: img.naturalHeight, colours });
+            };
+            if (img.complete && img.naturalWidth) return measure();
+            img.addEventListener("load", measure, { once: true });
+            img.addEventListener("error", measure, { once: true });
+            setTimeout(measure, 15_000);
+          }),
+      ),
+    ),
+  );
+}
+
+// A picture component: at least `count` loaded, non-blank images; a screenshot of it in OUT_DIR.
+async function picture(id, count, name) {
+  const locator = page.locator(`#${id}`);
+  await locator.scrollIntoViewIfNeeded();
+  const found = await images(locator);
+  check(found.length >= count, `#${id} shows ${count} image(s), found ${found.length}`);
+  for (const img of found) check(img.width > 0 && img.colours > 1, `#${id} shows a non-empty image (${JSON.stringify(img)})`);
+  const file = path.join(outDir, `${name}.png`);
+  await locator.screenshot({ path: file });
+  return { images: found, screenshot: file };
+}
+
+async function setSlider(id, value) {
+  const box = page.locator(`#${id} input[type=number]`);
+  await box.fill(String(value));
+  await box.press("Enter");
+  await box.blur();
 }
 
 // NOTES.md: flags for Debian's chromium in a container; playwright adds --headless and a fresh
@@ -112,6 +167,30 @@ try {
   check(seen.download.name.endsWith(".glvc") && seen.download.bytes > 0, "a non-empty .glvc download");
   const magic = fs.readFileSync(saved).subarray(0, 4).toString("latin1");
   check(magic === "GLVC", `the download starts with GLVC, not ${JSON.stringify(magic)}`);
+
+  // the pictures of this encode (chained after it)
+  seen.pictures = {};
+  seen.pictures.per_frame = await picture("per-frame", 1, "picture_per_frame");
+  const frameNote = page.locator("#frame-note");
+  await frameNote.getByText(/^Frame \d+ of \d+/).waitFor({ timeout: 60_000 });
+  await setSlider("frame-index", 2);
+  await frameNote.getByText(/^Frame 2 of \d+/).waitFor({ timeout: 60_000 });
+  seen.frame_note = (await frameNote.innerText()).trim();
+  seen.pictures.inspector = await picture("inspector", 4, "picture_inspector"); // two sliders of two images each
+  const bitsImage = page.locator("#bits-map img").first();
+  await bitsImage.waitFor({ timeout: 60_000 });
+  const bitsBefore = await bitsImage.getAttribute("src");
+  await setSlider("latent-index", 0);
+  await page.waitForFunction((before) => document.querySelector("#bits-map img")?.getAttribute("src") !== before, bitsBefore, { timeout: 60_000 });
+  seen.pictures.bits = await picture("bits-map", 1, "picture_bits");
+  const sweepNote = page.locator("#sweep-note");
+  seen.sweep_estimate = (await sweepNote.innerText()).trim();
+  check(/about \d+ s/.test(seen.sweep_estimate), `a time estimate before the sweep: ${seen.sweep_estimate}`);
+  await page.locator("#sweep").click();
+  await sweepNote.getByText(/^RD sweep done/).waitFor({ timeout });
+  seen.sweep_note = (await sweepNote.innerText()).trim();
+  seen.pictures.rd = await picture("rd-plot", 1, "picture_rd_sweep");
+  check((await page.locator("#rd-table").innerText()).includes("x265"), "the RD points table");
 
   await page.evaluate(() => window.scrollTo(0, 0));
   await page.waitForTimeout(500);
