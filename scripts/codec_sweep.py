@@ -9,7 +9,7 @@ unquantised latents decoded) is measured too: no rate can pass that ceiling.
 Usage (about 10 minutes for two codecs, five rates and the two validation clips on 2 CPU cores)::
 
     python scripts/codec_sweep.py data/val_set --codec glvc/pretrained/default/codec \\
-        --codec runs/codec_rate_range/model/codec --qualities 0 16 32 48 63 --max-frames 33 \\
+        --codec runs/codec_gaussian_hyper/model/codec --qualities 0 16 32 48 63 --max-frames 33 \\
         --out docs/results/codec_sweep.json
 
 ``--model`` names the GLVC folder whose tokenizer (and tokenizer segment) is used. With
