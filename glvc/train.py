@@ -378,7 +378,7 @@ def train_tokenizer(cfg: dict, rt: Runtime, data, logger: Logger):
         lr = lr_at(step, tcfg["lr"], tcfg["warmup"], progress, tcfg.get("lr_floor", 0.1))
         for group in opt.param_groups:
             group["lr"] = lr
-        x = data.sample(tcfg["batch"], lengths[step % len(lengths)] if len(lengths) > 1 else lengths[0], tcfg["size"])
+        x = data.sample(tcfg["batch"], lengths[step % len(lengths)], tcfg["size"])
         use_gan = tcfg.get("gan_start") is not None and progress >= tcfg["gan_start"]
         with autocast(rt, cfg):
             x_hat, kl = model(x)

@@ -651,7 +651,8 @@ class LatentCodec(CompressionModel, ConfigMixin):
             except RuntimeError as e:  # shapes differ
                 raise ValueError(f"weights in {name_or_path} do not fit the overridden config {config_overrides}: {e}") from None
             added = {name for name, _ in model.named_parameters()} - set(stored)
-            added |= {name for name in missing if name.split(".")[0] not in stored_modules(stored)}  # a new module's buffers
+            held = stored_modules(stored)
+            added |= {name for name in missing if name.split(".")[0] not in held}  # a new module's buffers
             removed = {name for name in unexpected if getattr(model, name.split(".")[0], None) is None}
             if set(unexpected) - removed or set(missing) - added:
                 raise ValueError(
