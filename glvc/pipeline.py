@@ -117,6 +117,13 @@ class KeptLatents:
     refresh_period: int
     analysis: "_Analysis" = field(repr=False)
 
+    @classmethod
+    def of(cls, latents, states: list[CodecState], units: list[FrameUnit], quality: int, refresh_period: int,
+           analysis: "_Analysis") -> "KeptLatents":
+        """From one coding pass: its (latent, real frames) pairs, the state each was coded with, its units."""
+        frames = [CodedLatent(z, state, real, len(unit.payload)) for (z, real), state, unit in zip(latents, states, units)]
+        return cls(frames, quality, refresh_period, analysis)
+
 
 @dataclass
 class EncodeResult:
@@ -349,10 +356,7 @@ class GLVC:
         data = bitstream.pack(self._header(analysis, fps, quality, refresh_period), units)
         report = Report(len(data), analysis.count, analysis.geometry.width, analysis.geometry.height, float(fps), quality,
                         timer.timings, target_bytes)
-        kept = None
-        if keep_latents:
-            kept = KeptLatents([CodedLatent(z, state, real, len(unit.payload))
-                                for (z, real), state, unit in zip(latents, states, units)], quality, refresh_period, analysis)
+        kept = KeptLatents.of(latents, states, units, quality, refresh_period, analysis) if keep_latents else None
         return EncodeResult(data, np.concatenate(recon) if reconstruct else None, report, kept)
 
     def encode_latents(self, kept: KeptLatents, fps: float | Fraction, quality: int) -> EncodeResult:
@@ -373,9 +377,7 @@ class GLVC:
         data = bitstream.pack(self._header(analysis, fps, int(quality), kept.refresh_period), units)
         report = Report(len(data), analysis.count, analysis.geometry.width, analysis.geometry.height, float(fps),
                         int(quality), timer.timings)
-        again = KeptLatents([CodedLatent(z, state, real, len(unit.payload)) for (z, real), state, unit
-                             in zip(latents, states, units)], int(quality), kept.refresh_period, analysis)
-        return EncodeResult(data, recon, report, again)
+        return EncodeResult(data, recon, report, KeptLatents.of(latents, states, units, int(quality), kept.refresh_period, analysis))
 
     def tokenizer_round_trip(self, frames: np.ndarray | Iterable[np.ndarray]) -> np.ndarray:
         """The frames through the tokenizer alone (encode, then decode the unquantised latents),
