@@ -1,5 +1,5 @@
 """Latent codec: learned transforms, hyperprior and recurrent temporal memory (see ``model.py``)."""
 
-from .model import CodecState, LatentCodec, deterministic_cpu
+from .model import CodecState, LatentCodec
 
-__all__ = ["CodecState", "LatentCodec", "deterministic_cpu"]
+__all__ = ["CodecState", "LatentCodec"]
