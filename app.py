@@ -10,6 +10,7 @@ Run: ``python app.py`` and open http://127.0.0.1:7860.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Iterator
 
 from glvc import service  # before gradio and torch: it imports `spaces` first
@@ -48,6 +49,8 @@ EXAMPLES = [os.path.join(HERE, "examples", name) for name in ("bigbuckbunny_3s.m
 LIMITS = service.limits()
 DEVICE = "gpu" if service.has_gpu() else "cpu"
 MAX_QUALITY = service.get_model(service.DEFAULT_MODEL_KEY).max_quality
+# the tokenizer's CPU engine compiled while the page loads, not in the first request
+threading.Thread(target=service.prepare_tokenizer, name="prepare-tokenizer", daemon=True).start()
 DEFAULT_QUALITY = 32
 RATE_MODES = [("Quality index", "quality"), ("Target bitrate (kbps)", "kbps"), ("Target file size (kB)", "kilobytes")]
 

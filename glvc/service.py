@@ -198,6 +198,15 @@ def get_model(key: str) -> GLVC:
         return model
 
 
+def prepare_tokenizer(key: str = DEFAULT_MODEL_KEY) -> None:
+    """Compile the tokenizer's CPU engine of a model ahead of its first request (the openvino engine
+    converts a model once per machine, about a minute, then compiles it in about 3 s per process)."""
+    try:
+        get_model(key).tokenizer.compiled
+    except UserError:
+        pass  # the request says why
+
+
 def model_status(key: str) -> str:
     """One line about a model choice for the page (loads it if it is local or reachable)."""
     choice = MODEL_CHOICES.get(key)

@@ -24,14 +24,19 @@ Engines. How the float32 convolutions run on the CPU (``Tokenizer(engine=...)``,
 * ``"onednn"``: every 3-D convolution of a CPU tensor goes to oneDNN (``mkldnn_convolution``),
   still float32. The pixels differ from ``"reference"`` by float rounding only (the bound measured
   on the bundled model is in README's speed section); on other devices it equals ``"reference"``.
+* ``"openvino"``: the encoder's and decoder's causal steps converted to OpenVINO graphs and run by
+  its CPU plugin in float32 (:mod:`glvc.tokenizer_openvino`; converted once per model and machine,
+  kept on disk). Pixels again within float rounding of the others. Where OpenVINO cannot take a
+  VAE, or off the CPU, it runs as ``"onednn"`` (with a logged warning for the first case).
 
 The engine changes pixels, not the bitstream: the latent codec always receives float32 latents and
 runs its own deterministic path, so a stream made with one engine decodes with any other, and the
 encoder's reconstruction equals the decoder's output bit for bit when both use the same engine on
-the same machine. The engine is not written into the stream. The default (:func:`default_engine`)
-is ``"onednn"`` where PyTorch has oneDNN, overridable with the environment variable
-``GLVC_TOKENIZER_ENGINE``. The engine is applied per call through a thread-local
-``TorchFunctionMode``: the model is not modified, so one VAE can serve tokenizers of both engines.
+the same machine (and, for ``"openvino"``, the same thread count). The engine is not written into
+the stream. The default (:func:`default_engine`) is ``"openvino"`` where the package is installed,
+else ``"onednn"`` where PyTorch has oneDNN, overridable with the environment variable
+``GLVC_TOKENIZER_ENGINE``. The oneDNN engine is applied per call through a thread-local
+``TorchFunctionMode``: the model is not modified, so one VAE can serve tokenizers of every engine.
 
 Padding to ``1 + 4k`` frames and to a multiple of the spatial stride is the pipeline's job
 (it must also record it in the bitstream); the streams check their inputs and say so.
@@ -40,7 +45,9 @@ Padding to ``1 + 4k`` frames and to a multiple of the spatial stride is the pipe
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -48,17 +55,24 @@ from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, patchify, unpatchify
 
 TEMPORAL_STRIDE = 4
-ENGINES = ("reference", "onednn")
+_compile_lock = threading.Lock()
+logger = logging.getLogger(__name__)
+ENGINES = ("reference", "onednn", "openvino")
 ENGINE_ENV = "GLVC_TOKENIZER_ENGINE"
 
 
 def default_engine() -> str:
-    """``$GLVC_TOKENIZER_ENGINE`` if set, else ``"onednn"`` where PyTorch has oneDNN, else ``"reference"``."""
+    """``$GLVC_TOKENIZER_ENGINE`` if set, else ``"openvino"`` where it is installed, else ``"onednn"`` where
+    PyTorch has oneDNN, else ``"reference"``."""
     engine = os.environ.get(ENGINE_ENV, "").strip()
     if engine:
         if engine not in ENGINES:
             raise ValueError(f"{ENGINE_ENV}={engine!r}: choose one of {', '.join(ENGINES)}")
         return engine
+    from .tokenizer_openvino import available
+
+    if available():
+        return "openvino"
     return "onednn" if torch.backends.mkldnn.is_available() else "reference"
 
 
@@ -119,6 +133,7 @@ class Tokenizer:
             raise ValueError(f"latents_mean/std have {mean.numel()}/{std.numel()} entries, z_dim is {z}")
         self.latents_mean = mean.view(1, z, 1, 1, 1)
         self.latents_std = std.view(1, z, 1, 1, 1)
+        self._compiled: dict = {}  # openvino engine: thread count -> CompiledTokenizer, shared by with_engine
         self._encoder_convs = sum(isinstance(m, WanCausalConv3d) for m in self.vae.encoder.modules())
         self._decoder_convs = sum(isinstance(m, WanCausalConv3d) for m in self.vae.decoder.modules())
 
@@ -138,11 +153,33 @@ class Tokenizer:
 
     def with_engine(self, engine: str) -> "Tokenizer":
         """The same model (shared, not copied) run with another engine."""
-        return Tokenizer(self.vae, device=self.device, dtype=self.dtype, engine=engine)
+        other = Tokenizer(self.vae, device=self.device, dtype=self.dtype, engine=engine)
+        other._compiled = self._compiled
+        return other
+
+    @property
+    def compiled(self):
+        """The openvino engine's compiled steps (:mod:`glvc.tokenizer_openvino`) for this thread count,
+        converted on first use; None for the other engines and off the CPU."""
+        if self.engine != "openvino" or self.device.type != "cpu" or self.dtype != torch.float32:
+            return None
+        threads = torch.get_num_threads()
+        with _compile_lock:
+            if threads not in self._compiled:
+                from .tokenizer_openvino import CompiledTokenizer
+
+                try:
+                    self._compiled[threads] = CompiledTokenizer(self.vae, threads)
+                except Exception as err:  # a VAE OpenVINO cannot take: the same on every call, so streams stay consistent
+                    logger.warning("openvino engine unavailable for this tokenizer (%s); running it with oneDNN", err)
+                    self._compiled[threads] = None
+            return self._compiled[threads]
 
     def engine_context(self):
         """The context a forward pass runs in: the engine's function mode, or nothing."""
-        return _OneDNNConv3d() if self.engine == "onednn" and self.device.type == "cpu" else contextlib.nullcontext()
+        if self.engine in ("onednn", "openvino") and self.device.type == "cpu":  # openvino: where it could not convert
+            return _OneDNNConv3d()
+        return contextlib.nullcontext()
 
     # ------------------------------------------------------------------ normalisation
     def normalize(self, mu: torch.Tensor) -> torch.Tensor:
@@ -192,8 +229,9 @@ class EncoderStream:
 
     def __init__(self, tokenizer: Tokenizer):
         self.tok = tokenizer
-        self.cache: list = [None] * tokenizer._encoder_convs
+        self.cache: list = [None] * tokenizer._encoder_convs  # numpy arrays with the openvino engine
         self.frames_seen = 0
+        self.chunks = 0
 
     @torch.inference_mode()
     def push(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -207,11 +245,16 @@ class EncoderStream:
         x = pixels.to(device=self.tok.device, dtype=self.tok.dtype)
         if self.tok.patch_size > 1:
             x = patchify(x, patch_size=self.tok.patch_size)
-        with self.tok.engine_context():
-            out = vae.encoder(x, feat_cache=self.cache, feat_idx=[0])
-            moments = vae.quant_conv(out)  # (B, 2C, 1, h, w): mean then log-variance
+        compiled = self.tok.compiled
+        if compiled is not None:
+            mean, self.cache = compiled.step("encoder", self.chunks, x, self.cache)
+        else:
+            with self.tok.engine_context():
+                out = vae.encoder(x, feat_cache=self.cache, feat_idx=[0])
+                mean = vae.quant_conv(out)[:, : self.tok.latent_channels]  # moments: mean then log-variance
         self.frames_seen += pixels.shape[2]
-        return self.tok.normalize(moments[:, : self.tok.latent_channels])
+        self.chunks += 1
+        return self.tok.normalize(mean)
 
 
 class DecoderStream:
@@ -233,9 +276,13 @@ class DecoderStream:
             raise ValueError(f"decoder input must be (B, {c}, 1, h, w), got {tuple(latents.shape)}")
         vae = self.tok.vae
         z = self.tok.denormalize(latents.to(self.tok.device)).to(self.tok.dtype)
-        with self.tok.engine_context():
-            x = vae.post_quant_conv(z)
-            out = vae.decoder(x, feat_cache=self.cache, feat_idx=[0], first_chunk=self.latents_seen == 0)
+        compiled = self.tok.compiled
+        if compiled is not None:
+            out, self.cache = compiled.step("decoder", self.latents_seen, z, self.cache)
+        else:
+            with self.tok.engine_context():
+                x = vae.post_quant_conv(z)
+                out = vae.decoder(x, feat_cache=self.cache, feat_idx=[0], first_chunk=self.latents_seen == 0)
         self.latents_seen += 1
         if self.tok.patch_size > 1:
             out = unpatchify(out, patch_size=self.tok.patch_size)

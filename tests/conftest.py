@@ -31,6 +31,11 @@ os.environ.setdefault("GLVC_X265_PARAMS", "pools=none")
 # a loopback server of its own.
 os.environ.setdefault("GLVC_WEIGHTS_DOWNLOAD", "0")
 
+# The tokenizer's default engine, openvino, converts each new model once per machine (about 40 s,
+# even for the tiny test models): the suite runs onednn, and tests/test_openvino.py the openvino
+# engine, with a converted-graph cache of its own.
+os.environ.setdefault("GLVC_TOKENIZER_ENGINE", "onednn")
+
 TINY_TOKENIZER = dict(
     base_dim=8,
     dim_mult=[1, 2, 4],
