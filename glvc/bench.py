@@ -25,10 +25,12 @@ CompressAI entropy coders' ``compress``/``decompress`` calls on this benchmark's
 rANS), *latent transforms* = the rest (analysis, hyper-prior, entropy parameters, synthesis and
 memory update, which the encoder also runs to keep the decoder's recurrent state).
 
-Engines. The tokenizer engine under test (``--engine``, default the model's: ``onednn`` on CPUs
-with oneDNN, see :mod:`glvc.tokenizer`) is timed beside today's path (``--baseline-engine``, default
-``reference``; ``none`` skips it) in the same process: in every repeat the baseline's encode and
-decode run first, then the engine's, so both see the same load. The record's ``engines`` block and
+Engines. The tokenizer engine under test (``--engine``, default the model's: ``openvino`` where it
+is installed, see :mod:`glvc.tokenizer`) with the latent codec on the caller's threads is timed
+beside the old path (``--baseline-engine``, default ``reference``, with the latent codec on
+``--baseline-codec-threads``, default 1, as it ran before; ``none`` skips it) in the same process:
+in every repeat the baseline's encode and decode run first, then the engine's, so both see the
+same load. The record's ``engines`` block and
 the second markdown table give the speed-ups (fastest runs), the PSNR of both, and how far the
 engine's stream decoded by the baseline engine lands from the engine's own pixels. The x265 and
 per-stage tables describe the engine under test.
@@ -169,12 +171,14 @@ def run_bench(
     command: str | None = None,
     engine: str | None = None,
     baseline_engine: str | None = "reference",
+    baseline_codec_threads: int | None = 1,
 ) -> dict[str, Any]:
     """Run the benchmark; return the JSON record (and write ``bench.json``/``bench.md`` to ``out_dir``).
 
     ``engine`` is the tokenizer engine under test (default: the model's, :func:`glvc.tokenizer.default_engine`);
     ``baseline_engine`` (default ``"reference"``, today's path; None to skip) is timed beside it in the
-    same run, its runs alternating with the engine's, and compared in ``record["engines"]``.
+    same run, its runs alternating with the engine's, and compared in ``record["engines"]``; its latent
+    codec runs on ``baseline_codec_threads`` intra-op threads (default 1, the old path; None: the caller's).
     """
     import torch
 
@@ -214,7 +218,9 @@ def run_bench(
         model.decode(model.encode(warm, fps, quality, reconstruct=False).bitstream)
         encode_decode(warm, fps, codec="x265", crf=x265_crf if x265_crf is not None else 28, preset=x265_preset)
 
-    baseline = model.with_tokenizer_engine(baseline_engine) if baseline_engine and baseline_engine != engine else None
+    baseline = None
+    if baseline_engine and (baseline_engine != engine or baseline_codec_threads not in (None, torch.get_num_threads())):
+        baseline = model.with_tokenizer_engine(baseline_engine).with_codec_threads(baseline_codec_threads)
     if warmup and baseline is not None:
         baseline.decode(baseline.encode(frames[: min(WARMUP_FRAMES, t)], fps, quality, reconstruct=False).bitstream)
 
@@ -365,6 +371,8 @@ def run_bench(
 def _engine_comparison(frames, engine, baseline_engine, enc_runs, dec_runs, base_enc_runs, base_dec_runs,
                        enc, dec, base_enc, base_dec, baseline) -> dict[str, Any]:
     """Today's engine against the new one: fastest times, speed-ups, and what the engine does to pixels."""
+    import torch
+
     from .metrics import psnr_rgb
 
     def fastest(runs):
@@ -380,6 +388,8 @@ def _engine_comparison(frames, engine, baseline_engine, enc_runs, dec_runs, base
     return {
         "engine": engine,
         "baseline_engine": baseline_engine,
+        "codec_threads": torch.get_num_threads(),
+        "baseline_codec_threads": baseline.codec_threads or torch.get_num_threads(),
         "encode_seconds": new_e,
         "decode_seconds": new_d,
         "baseline_encode_seconds": old_e,
@@ -406,8 +416,10 @@ def _engine_comparison(frames, engine, baseline_engine, enc_runs, dec_runs, base
 def engines_markdown(e: dict) -> list[str]:
     """The side-by-side table of today's tokenizer engine and the new one."""
     new, old = e["engine"], e["baseline_engine"]
+    threads = f"latent codec on {e.get('codec_threads', '?')} thread(s)"
+    old_threads = f"latent codec on {e.get('baseline_codec_threads', '?')} thread(s)"
     return [
-        f"| tokenizer engine | {old} (before) | {new} (now) | {new} / {old} |",
+        f"| path | {old} engine, {old_threads} (before) | {new} engine, {threads} (now) | now / before |",
         "|---|---|---|---|",
         f"| encode | {e['baseline_encode_seconds']:.2f} s | {e['encode_seconds']:.2f} s | {e['encode_speedup']:.2f}x faster |",
         f"| decode | {e['baseline_decode_seconds']:.2f} s | {e['decode_seconds']:.2f} s | {e['decode_speedup']:.2f}x faster |",
@@ -518,10 +530,13 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-warmup", action="store_true", help="time the first calls too")
     p.add_argument("--repeat", type=int, default=1, help="time each phase N times and report the fastest (default 1)")
     p.add_argument("--out", default=None, help="folder for bench.json and bench.md")
-    p.add_argument("--engine", default=None, help="tokenizer engine under test: reference or onednn (default: the model's default)")
+    p.add_argument("--engine", default=None, help="tokenizer engine under test: reference, onednn or openvino "
+                   "(default: the model's default)")
     p.add_argument("--baseline-engine", default="reference",
                    help="tokenizer engine timed beside it in the same run, runs alternating (default reference, "
-                        "today's path; 'none' to skip)")
+                        "the old path; 'none' to skip)")
+    p.add_argument("--baseline-codec-threads", type=int, default=1,
+                   help="intra-op threads of the baseline's latent codec (default 1, the old path; 0: the caller's)")
 
 
 def cmd_bench(args) -> int:
@@ -541,6 +556,7 @@ def cmd_bench(args) -> int:
         command=command,
         engine=args.engine,
         baseline_engine=None if args.baseline_engine == "none" else args.baseline_engine,
+        baseline_codec_threads=args.baseline_codec_threads or None,
     )
     print(record["markdown"])
     if args.out:

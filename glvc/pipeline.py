@@ -19,6 +19,7 @@ refused with :class:`~glvc.bitstream.BitstreamError`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -195,6 +196,9 @@ class GLVC:
         self.segment = segment
         self.pixel_stride = tokenizer.spatial_stride * codec.spatial_stride
         self._fingerprint: bytes | None = None
+        # intra-op threads of the latent codec (None: the caller's); its exact arithmetic gives the
+        # same bits with any count, so this is a speed setting only (bench times 1 as the old path)
+        self.codec_threads: int | None = None
 
     # ------------------------------------------------------------------ persistence
     @classmethod
@@ -243,6 +247,15 @@ class GLVC:
         """The same model (tokenizer weights and codec shared, not copied) with another tokenizer engine."""
         other = copy.copy(self)  # not __init__: the shared codec's rANS tables are not rebuilt under a running stream
         other.tokenizer = self.tokenizer.with_engine(engine)
+        return other
+
+    def with_codec_threads(self, threads: int | None) -> "GLVC":
+        """The same model (shared, not copied) coding latents with ``threads`` intra-op threads
+        (None: the caller's). Streams and frames are the same whatever the count (tested)."""
+        if threads is not None and threads < 1:
+            raise ValueError(f"codec threads must be >= 1, got {threads}")
+        other = copy.copy(self)
+        other.codec_threads = threads
         return other
 
     def save_pretrained(self, directory: str) -> None:
@@ -425,7 +438,8 @@ class GLVC:
             if states is not None:
                 states.append(state)
             start = time.perf_counter()
-            payload, z_hat, state = self.codec.compress_frame(latent, state, quality)
+            with _intra_op_threads(self.codec_threads):
+                payload, z_hat, state = self.codec.compress_frame(latent, state, quality)
             timer.add("latent_coding", start)
             if progress:
                 progress(index + 1, total)
@@ -535,7 +549,8 @@ class GLVC:
                 state = self.codec.initial_state()
             start = time.perf_counter()
             try:
-                z_hat, state = self.codec.decompress_frame(unit.payload, state, header.quality, latent_size)
+                with _intra_op_threads(self.codec_threads):
+                    z_hat, state = self.codec.decompress_frame(unit.payload, state, header.quality, latent_size)
             except BitstreamError as err:
                 raise BitstreamError(f"unit {index}: {err}") from err
             except (ValueError, RuntimeError) as err:
@@ -544,6 +559,20 @@ class GLVC:
             if progress:
                 progress(index + 1, len(container.units))
             yield z_hat
+
+
+@contextlib.contextmanager
+def _intra_op_threads(threads: int | None):
+    """torch's intra-op thread count set to ``threads`` for the block (process-wide), then restored."""
+    if threads is None or threads == torch.get_num_threads():
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @dataclass

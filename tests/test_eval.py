@@ -219,7 +219,8 @@ def test_bench_smoke(tiny_model_dir, tmp_path, capsys):
     e = r["engines"]
     assert (e["baseline_engine"], e["engine"], g["tokenizer_engine"]) == ("reference", "onednn", "onednn")
     assert len(e["baseline_encode_seconds_all_runs"]) == 2 and e["decode_speedup"] > 0
-    assert e["bytes"] > 0 and e["cross_decode_max_abs_diff"] <= 2 and "reference (before)" in md
+    assert e["bytes"] > 0 and e["cross_decode_max_abs_diff"] <= 2 and "reference engine, latent codec on 1 thread(s) (before)" in md
+    assert e["baseline_codec_threads"] == 1 and e["codec_threads"] == torch.get_num_threads()
     assert r["model"] == tiny_model_dir or not os.path.isabs(r["model"])
     assert "GLVC / x265" in capsys.readouterr().out
 

@@ -229,6 +229,19 @@ class TestAcrossProcesses:
         pixels = np.load(tmp_path / "pix.npy").astype(int)
         assert np.abs(pixels - result.reconstruction.astype(int)).max() <= 1
 
+    def test_codec_threads_change_no_bit(self, tiny_model, real_frames):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(2)
+        try:
+            two = tiny_model.encode(real_frames, 25, quality=20)
+            one = tiny_model.with_codec_threads(1).encode(real_frames, 25, quality=20)
+            assert torch.get_num_threads() == 2  # restored after each latent frame
+        finally:
+            torch.set_num_threads(threads)
+        assert one.bitstream == two.bitstream and np.array_equal(one.reconstruction, two.reconstruction)
+        with pytest.raises(ValueError):
+            tiny_model.with_codec_threads(0)
+
     def test_cli_user_errors_are_one_line(self, tiny_model_dir, tmp_path):
         junk = tmp_path / "junk.mp4"
         junk.write_bytes(b"this is not a video")
