@@ -66,9 +66,9 @@ x265 comparison) took 45 s to 2.5 minutes, depending on the machine's load; most
 tokenizer, then the metrics.
 """
 
-VIDEO_METRIC_LABEL = (
-    "Score ColorVideoVDP too (perceptual video metric, JOD)"
-    + ("" if DEVICE == "gpu" else ": slow on a CPU, about 90 CPU-seconds per 2 s 240p clip, twice with x265")
+SLOW_METRICS_LABEL = (
+    "Score the slow metrics too: DISTS and ColorVideoVDP (perceptual video metric, JOD)"
+    + ("" if DEVICE == "gpu" else ": on 2 CPU cores about 90 s each per 2 s 240p clip, twice with x265")
 )
 
 EncodeOutputs = tuple[str, str, str, list[list[str]], list[list[str]], str, dict[str, Any], Any]
@@ -85,7 +85,7 @@ def encode_video(
     max_height: float,
     max_seconds: float,
     compare_x265: bool,
-    video_metric: bool = False,
+    slow_metrics: bool = False,
     progress: gr.Progress = gr.Progress(),
 ) -> Iterator[EncodeOutputs]:
     """Encode, decode and score one clip. A generator: the request's folder is removed once the
@@ -94,7 +94,7 @@ def encode_video(
     with service.workspace() as workdir:
         try:
             out = service.encode_clip(video, model_key, rate, int(max_height), float(max_seconds), bool(compare_x265), workdir, progress,
-                                      video_metric=bool(video_metric))
+                                      slow_metrics=bool(slow_metrics))
         except service.UserError as err:
             raise gr.Error(str(err), print_exception=False) from None
         yield (out.status, out.decoded_mp4, out.side_by_side_mp4, out.table, out.timings, out.bitstream_path, out.details,
@@ -187,7 +187,7 @@ with gr.Blocks(title="GLVC: generative latent video compression", delete_cache=(
                     max_height = gr.Slider(LIMITS.min_height, LIMITS.max_height, value=LIMITS.default_height, step=8, label="Downscale to at most (px high)", elem_id="max-height")
                     max_seconds = gr.Slider(0.1, LIMITS.max_seconds, value=LIMITS.default_seconds, step=0.1, label="Code the first (seconds)", elem_id="max-seconds")
                 compare = gr.Checkbox(value=True, label="Compare with x265 at the same size (low delay, preset medium)")
-                video_metric = gr.Checkbox(value=service.video_metric_default(), label=VIDEO_METRIC_LABEL, elem_id="video-metric")
+                slow_metrics = gr.Checkbox(value=service.slow_metrics_default(), label=SLOW_METRICS_LABEL, elem_id="slow-metrics")
                 encode_button = gr.Button("Encode", variant="primary", elem_id="encode")
             with gr.Column(scale=2):
                 status = gr.Markdown("Upload a clip or pick an example, then press **Encode**.", elem_id="status")
@@ -237,7 +237,7 @@ with gr.Blocks(title="GLVC: generative latent video compression", delete_cache=(
 
     encode_button.click(
         encode_video,
-        inputs=[video_in, model, rate_mode, quality, kbps, kilobytes, max_height, max_seconds, compare, video_metric],
+        inputs=[video_in, model, rate_mode, quality, kbps, kilobytes, max_height, max_seconds, compare, slow_metrics],
         outputs=[status, decoded_video, side_by_side, scores, stages, bitstream_file, details, inspection],
         api_name="encode",
         concurrency_id="codec",

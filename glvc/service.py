@@ -496,26 +496,32 @@ METRIC_ROWS = (
     ("dists", "DISTS (lower is better)"),
     ("cvvdp", "ColorVideoVDP (JOD, 10 = no visible difference; 24-inch FHD display)"),
 )
-VIDEO_METRIC_OFF = "not computed (ColorVideoVDP box off)"
+SLOW_METRICS = ("dists", "cvvdp")
+"""Metrics a request scores only when asked (the page's box; by default only with a GPU). On 2 CPU
+cores, per 2 s 240p clip (50 frames of 564x240), scored twice per request with x265: DISTS (VGG16
+on every frame) 92 s, ColorVideoVDP about 88 CPU-seconds; LPIPS-Alex, kept, 4.4 s (docs/metrics.md)."""
+SLOW_METRIC_OFF = "not computed (slow metrics box off)"
 
 
-def video_metric_default() -> bool:
-    """Whether a request scores ColorVideoVDP unless told: with a GPU only (on 2 shared CPU cores it
-    took 88 CPU-seconds per 2 s 240p clip, twice per request with x265; docs/metrics.md)."""
+def slow_metrics_default() -> bool:
+    """Whether a request scores :data:`SLOW_METRICS` unless told: with a GPU only."""
     return has_gpu()
 
 
-def _score(frames: np.ndarray, decoded: np.ndarray, fps: Fraction, video_metric: bool, stages: dict[str, float], who: str) -> dict:
-    """All metrics of one decoded clip; ColorVideoVDP (timed as a stage of its own) only if asked."""
+def _score(frames: np.ndarray, decoded: np.ndarray, fps: Fraction, slow_metrics: bool, stages: dict[str, float], who: str) -> dict:
+    """The metrics of one decoded clip that the page shows; :data:`SLOW_METRICS` (each timed as a
+    stage of its own) only if asked."""
     from . import metrics
 
     start = time.perf_counter()
-    scores = metrics.compute_all(frames, decoded, metrics=[k for k in metrics.ALL_METRICS if k != "cvvdp"], device=device())
+    shown = [key for key, _ in METRIC_ROWS if key not in SLOW_METRICS]
+    scores = metrics.compute_all(frames, decoded, metrics=shown, device=device())
     stages[f"{who} metrics"] = time.perf_counter() - start
-    if video_metric:
-        start = time.perf_counter()
-        scores.update(metrics.compute_all(frames, decoded, metrics=("cvvdp",), device=device(), fps=fps))
-        stages[f"{who} ColorVideoVDP"] = time.perf_counter() - start
+    if slow_metrics:
+        for key in SLOW_METRICS:
+            start = time.perf_counter()
+            scores.update(metrics.compute_all(frames, decoded, metrics=(key,), device=device(), fps=fps))
+            stages[f"{who} {scores[key].name}"] = time.perf_counter() - start
     return scores
 
 
@@ -551,7 +557,7 @@ def _encode_glvc(model: GLVC, frames: np.ndarray, fps: Fraction, quality: int | 
     return result, seconds
 
 
-def _compare_x265(frames: np.ndarray, fps: Fraction, target_bytes: int, video_metric: bool, progress: ProgressFn,
+def _compare_x265(frames: np.ndarray, fps: Fraction, target_bytes: int, slow_metrics: bool, progress: ProgressFn,
                   stages: dict[str, float]) -> _Comparison:
     from .baselines import match_bitrate
 
@@ -560,7 +566,13 @@ def _compare_x265(frames: np.ndarray, fps: Fraction, target_bytes: int, video_me
     x265, crf = match_bitrate(frames, fps, "x265", target_bytes=target_bytes, extra_params=X265_SERVER_PARAMS)
     stages["x265 rate search (encode + decode)"] = time.perf_counter() - start
     progress(0.85, desc="scoring x265")
-    return _Comparison(x265, crf, _score(frames, x265.decoded, fps, video_metric, stages, "x265"))
+    return _Comparison(x265, crf, _score(frames, x265.decoded, fps, slow_metrics, stages, "x265"))
+
+
+DISPLAY_PRESET = "veryfast"
+"""x264 preset of the mp4s the page plays (CRF 18, a display copy: the .glvc holds the frames). On the
+default request's side-by-side video (3 x 564x240, 50 frames) medium took 1.62 s, veryfast 0.73 s,
+for a 2% smaller file."""
 
 
 def _write_files(workdir: str, name: str, frames: np.ndarray, fps: Fraction, result, x265: _Comparison | None,
@@ -572,12 +584,12 @@ def _write_files(workdir: str, name: str, frames: np.ndarray, fps: Fraction, res
     with open(bitstream_path, "wb") as f:
         f.write(result.bitstream)
     decoded_mp4 = os.path.join(workdir, f"{name}_glvc.mp4")
-    write_video(decoded_mp4, decoded, fps)
+    write_video(decoded_mp4, decoded, fps, preset=DISPLAY_PRESET)
     panels = [("original", frames), (f"GLVC {report.bits_per_pixel:.3f} bpp", decoded)]
     if x265 is not None:
         panels.append((f"x265 {x265.result.bpp:.3f} bpp", x265.result.decoded))
     sbs_mp4 = os.path.join(workdir, f"{name}_side_by_side.mp4")
-    write_video(sbs_mp4, side_by_side(panels), fps)
+    write_video(sbs_mp4, side_by_side(panels), fps, preset=DISPLAY_PRESET)
     stages["write mp4s"] = time.perf_counter() - start
     return bitstream_path, decoded_mp4, sbs_mp4
 
@@ -595,8 +607,8 @@ def _scores_table(frames: np.ndarray, report, scores: dict, x265: _Comparison | 
         ["rate setting", f"quality {report.quality}", f"CRF {x265.crf}" if x else "-"],
     ]
     for key, label in METRIC_ROWS:
-        if key not in scores:  # ColorVideoVDP not asked for
-            table.append([label, VIDEO_METRIC_OFF, VIDEO_METRIC_OFF if x265 else "-"])
+        if key not in scores:  # a slow metric not asked for
+            table.append([label, SLOW_METRIC_OFF, SLOW_METRIC_OFF if x265 else "-"])
             continue
         table.append([_metric_label(key, label, scores[key]), _metric_cell(scores[key]),
                       _metric_cell(x265.scores[key]) if x265 else "-"])
@@ -628,7 +640,7 @@ def _metric_values(scores: dict) -> dict[str, Any]:
 
 
 def _details(video_path: str, video: Video, model_key: str, model: GLVC, rate: Rate, target: int | None, result,
-             scores: dict, video_metric: bool, x265: _Comparison | None, stages: dict[str, float]) -> dict[str, Any]:
+             scores: dict, slow_metrics: bool, x265: _Comparison | None, stages: dict[str, float]) -> dict[str, Any]:
     from . import metrics
 
     report, fps = result.report, video.fps
@@ -646,7 +658,7 @@ def _details(video_path: str, video: Video, model_key: str, model: GLVC, rate: R
         "rate": {"mode": rate.mode, "target_bytes": target, "chosen_quality": report.quality},
         "glvc": report.as_dict(),
         "glvc_metrics": _metric_values(scores),
-        "cvvdp_display": metrics.CVVDP_DISPLAY if video_metric else None,
+        "cvvdp_display": metrics.CVVDP_DISPLAY if slow_metrics else None,
         "decoded_sha256": frames_digest(result.reconstruction),
         "stages_seconds": {k: round(v, 3) for k, v in stages.items()},
     }
@@ -689,18 +701,18 @@ def encode_clip(
     compare_x265: bool = True,
     workdir: str | None = None,
     progress: ProgressFn = _no_progress,
-    video_metric: bool | None = None,
+    slow_metrics: bool | None = None,
 ) -> EncodeOutcome:
     """Encode an uploaded clip, score it and (optionally) x265 at the same size; write the files.
 
-    ``video_metric``: also score ColorVideoVDP (default :func:`video_metric_default`).
+    ``slow_metrics``: also score :data:`SLOW_METRICS`, DISTS and ColorVideoVDP (default :func:`slow_metrics_default`).
 
     ``workdir`` receives decoded.mp4, side_by_side.mp4 and <name>.glvc (a new temporary
     folder when None; the caller removes it). Raises :class:`UserError` for anything the user
     can fix.
     """
     lim = limits()
-    video_metric = video_metric_default() if video_metric is None else bool(video_metric)
+    slow_metrics = slow_metrics_default() if slow_metrics is None else bool(slow_metrics)
     max_height = int(max_height or lim.default_height)
     max_seconds = float(max_seconds or lim.default_seconds)
     workdir = workdir or tempfile.mkdtemp(prefix="glvc-app-")
@@ -727,8 +739,8 @@ def encode_clip(
     result, glvc_seconds = _encode_glvc(model, frames, fps, quality, target, progress, stages)
     report = result.report
     progress(0.6, desc="scoring GLVC")
-    scores = _score(frames, result.reconstruction, fps, video_metric, stages, "GLVC")
-    x265 = _compare_x265(frames, fps, report.bytes, video_metric, progress, stages) if compare_x265 else None
+    scores = _score(frames, result.reconstruction, fps, slow_metrics, stages, "GLVC")
+    x265 = _compare_x265(frames, fps, report.bytes, slow_metrics, progress, stages) if compare_x265 else None
     inspection = _inspection(model_key, model, video, result, target, scores, x265, stages)
 
     progress(0.92, desc="writing the videos")
@@ -740,7 +752,7 @@ def encode_clip(
     timings = [[stage, f"{seconds:.2f}"] for stage, seconds in stages.items()]
     timings.append(["total", f"{sum(stages.values()):.2f}"])
     status = _status_line(video, report, target, scores, glvc_seconds, x265, max_seconds)
-    details = _details(video_path, video, model_key, model, rate, target, result, scores, video_metric, x265, stages)
+    details = _details(video_path, video, model_key, model, rate, target, result, scores, slow_metrics, x265, stages)
     return EncodeOutcome(status, decoded_mp4, sbs_mp4, bitstream_path, table, timings, details, result.reconstruction, inspection)
 
 
@@ -874,7 +886,7 @@ def decode_file(
     seconds = time.perf_counter() - start
     progress(0.92, desc="writing the video")
     mp4 = os.path.join(workdir, f"{os.path.splitext(name)[0] or 'decoded'}_decoded.mp4")
-    write_video(mp4, result.frames, result.fps)
+    write_video(mp4, result.frames, result.fps, preset=DISPLAY_PRESET)
     report = result.report
     status = (
         f"Decoded {report.frames} frames {report.width}x{report.height} @ {report.fps:g} fps, quality {report.quality}: "

@@ -39,11 +39,11 @@ def client(tmp_path_factory):
         tmp.undo()
 
 
-def _encode(client, path, mode="quality", quality=32, kbps=150.0, kilobytes=25.0, compare=True, video_metric=None, **limits):
-    """``video_metric=None`` leaves the ColorVideoVDP box out of the request (its default applies)."""
+def _encode(client, path, mode="quality", quality=32, kbps=150.0, kilobytes=25.0, compare=True, slow_metrics=None, **limits):
+    """``slow_metrics=None`` leaves the slow metrics box out of the request (its default applies)."""
     limits = {**SMALL, **limits}
     args = [handle_file(path), "default", mode, quality, kbps, kilobytes, limits["max_height"], limits["max_seconds"], compare]
-    return client.predict(*args, *([] if video_metric is None else [video_metric]), api_name="/encode")
+    return client.predict(*args, *([] if slow_metrics is None else [slow_metrics]), api_name="/encode")
 
 
 def _frames(video_output) -> np.ndarray:
@@ -57,7 +57,7 @@ def _request_dirs() -> set[str]:
 
 @pytest.fixture(scope="module")
 def encoded(client):
-    out = _encode(client, VTEST, video_metric=True)
+    out = _encode(client, VTEST, slow_metrics=True)
     return out, _request_dirs()
 
 
@@ -102,10 +102,10 @@ class TestEncodeDecode:
     @pytest.mark.parametrize("mode, kbps, kilobytes", [("kbps", 2.4, 25.0), ("kilobytes", 150.0, 0.3), ("kilobytes", 150.0, 0.1)])
     def test_target_modes_pick_a_quality_that_fits(self, client, mode, kbps, kilobytes):
         status, _, _, table, *_, details = _encode(client, VTEST, mode=mode, kbps=kbps, kilobytes=kilobytes, compare=False)
-        # the ColorVideoVDP box is off by default without a GPU: the row says so
-        jod = [row[1:] for row in table["data"] if row[0].startswith("ColorVideoVDP")]
-        if not service.video_metric_default():
-            assert jod == [[service.VIDEO_METRIC_OFF, "-"]]
+        # the slow metrics box is off by default without a GPU: the rows say so
+        slow = [row[1:] for row in table["data"] if row[0].startswith(("ColorVideoVDP", "DISTS"))]
+        if not service.slow_metrics_default():
+            assert slow == [[service.SLOW_METRIC_OFF, "-"]] * 2
         target = details["rate"]["target_bytes"]
         assert target == (int(kbps * 1000 / 8 * 0.9) if mode == "kbps" else int(kilobytes * 1000))
         assert details["glvc"]["bytes"] <= target or details["glvc"]["quality"] == 0
@@ -212,7 +212,7 @@ class TestService:
 def pictured(tmp_path_factory):
     """One real encode of vtest (86x64, 9 frames = 3 latent frames) with x265, as the app makes it."""
     out = service.encode_clip(VTEST, "default", service.Rate("quality", 32), 64, 0.9, True,
-                              str(tmp_path_factory.mktemp("pictures")), video_metric=False)
+                              str(tmp_path_factory.mktemp("pictures")), slow_metrics=False)
     return out, out.inspection
 
 
