@@ -92,9 +92,13 @@ def encode_video(
     outputs are served (gradio copies them into its cache before asking for the next item)."""
     rate = service.Rate(rate_mode, int(quality), kbps, kilobytes)
     with service.workspace() as workdir:
+        steps = service.encode_clip_steps(video, model_key, rate, int(max_height), float(max_seconds), bool(compare_x265),
+                                          workdir, progress, slow_metrics=bool(slow_metrics))
         try:
-            out = service.encode_clip(video, model_key, rate, int(max_height), float(max_seconds), bool(compare_x265), workdir, progress,
-                                      slow_metrics=bool(slow_metrics))
+            preview = next(steps)
+            # the decoded video and the .glvc file while the scores and x265 are computed; the rest is cleared
+            yield preview.status, preview.decoded_mp4, None, [], [], preview.bitstream_path, {}, None
+            out = next(steps)
         except service.UserError as err:
             raise gr.Error(str(err), print_exception=False) from None
         yield (out.status, out.decoded_mp4, out.side_by_side_mp4, out.table, out.timings, out.bitstream_path, out.details,

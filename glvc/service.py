@@ -460,6 +460,16 @@ def side_by_side(panels: list[tuple[str, np.ndarray]], gap: int = 4) -> np.ndarr
 
 
 @dataclass
+class EncodePreview:
+    """What a request shows as soon as GLVC has coded and decoded the clip, before the scores and
+    the x265 comparison (:func:`encode_clip_steps`)."""
+
+    status: str  # one line
+    decoded_mp4: str
+    bitstream_path: str
+
+
+@dataclass
 class EncodeOutcome:
     """What one encode request produced. Paths lie in the request's workspace."""
 
@@ -575,23 +585,30 @@ default request's side-by-side video (3 x 564x240, 50 frames) medium took 1.62 s
 for a 2% smaller file."""
 
 
-def _write_files(workdir: str, name: str, frames: np.ndarray, fps: Fraction, result, x265: _Comparison | None,
-                 stages: dict[str, float]) -> tuple[str, str, str]:
-    """The .glvc file, the decoded mp4 and the side-by-side mp4: their paths."""
+def _write_glvc_files(workdir: str, name: str, fps: Fraction, result, stages: dict[str, float]) -> tuple[str, str]:
+    """The .glvc file and the decoded mp4: their paths."""
     start = time.perf_counter()
-    report, decoded = result.report, result.reconstruction
     bitstream_path = os.path.join(workdir, f"{name}.glvc")
     with open(bitstream_path, "wb") as f:
         f.write(result.bitstream)
     decoded_mp4 = os.path.join(workdir, f"{name}_glvc.mp4")
-    write_video(decoded_mp4, decoded, fps, preset=DISPLAY_PRESET)
+    write_video(decoded_mp4, result.reconstruction, fps, preset=DISPLAY_PRESET)
+    stages["write .glvc + decoded mp4"] = time.perf_counter() - start
+    return bitstream_path, decoded_mp4
+
+
+def _write_side_by_side(workdir: str, name: str, frames: np.ndarray, fps: Fraction, result, x265: _Comparison | None,
+                        stages: dict[str, float]) -> str:
+    """original | GLVC | x265 as one mp4: its path."""
+    start = time.perf_counter()
+    report, decoded = result.report, result.reconstruction
     panels = [("original", frames), (f"GLVC {report.bits_per_pixel:.3f} bpp", decoded)]
     if x265 is not None:
         panels.append((f"x265 {x265.result.bpp:.3f} bpp", x265.result.decoded))
     sbs_mp4 = os.path.join(workdir, f"{name}_side_by_side.mp4")
     write_video(sbs_mp4, side_by_side(panels), fps, preset=DISPLAY_PRESET)
-    stages["write mp4s"] = time.perf_counter() - start
-    return bitstream_path, decoded_mp4, sbs_mp4
+    stages["write side-by-side mp4"] = time.perf_counter() - start
+    return sbs_mp4
 
 
 def _scores_table(frames: np.ndarray, report, scores: dict, x265: _Comparison | None) -> list[list[str]]:
@@ -691,7 +708,6 @@ def _inspection(model_key: str, model: GLVC, video: Video, result, target: int |
     return inspection
 
 
-@spaces.GPU(duration=120)
 def encode_clip(
     video_path: str | None,
     model_key: str = DEFAULT_MODEL_KEY,
@@ -707,16 +723,36 @@ def encode_clip(
 
     ``slow_metrics``: also score :data:`SLOW_METRICS`, DISTS and ColorVideoVDP (default :func:`slow_metrics_default`).
 
-    ``workdir`` receives decoded.mp4, side_by_side.mp4 and <name>.glvc (a new temporary
+    ``workdir`` receives <name>_glvc.mp4, <name>_side_by_side.mp4 and <name>.glvc (a new temporary
     folder when None; the caller removes it). Raises :class:`UserError` for anything the user
-    can fix.
+    can fix. :func:`encode_clip_steps` does the same and shows a preview first.
     """
+    *_, outcome = encode_clip_steps(video_path, model_key, rate, max_height, max_seconds, compare_x265, workdir,
+                                    progress, slow_metrics)
+    return outcome
+
+
+@spaces.GPU(duration=120)
+def encode_clip_steps(
+    video_path: str | None,
+    model_key: str = DEFAULT_MODEL_KEY,
+    rate: Rate = Rate("quality"),
+    max_height: int | None = None,
+    max_seconds: float | None = None,
+    compare_x265: bool = True,
+    workdir: str | None = None,
+    progress: ProgressFn = _no_progress,
+    slow_metrics: bool | None = None,
+) -> Iterator["EncodePreview | EncodeOutcome"]:
+    """:func:`encode_clip` in two steps: yields an :class:`EncodePreview` (the decoded video and
+    the .glvc file, about half-way through a default request) and then the :class:`EncodeOutcome`."""
     lim = limits()
     slow_metrics = slow_metrics_default() if slow_metrics is None else bool(slow_metrics)
     max_height = int(max_height or lim.default_height)
     max_seconds = float(max_seconds or lim.default_seconds)
     workdir = workdir or tempfile.mkdtemp(prefix="glvc-app-")
     stages: dict[str, float] = {}
+    request_start = time.perf_counter()
 
     progress(0.0, desc="reading the clip")
     start = time.perf_counter()
@@ -738,14 +774,21 @@ def encode_clip(
 
     result, glvc_seconds = _encode_glvc(model, frames, fps, quality, target, progress, stages)
     report = result.report
+    name = os.path.splitext(os.path.basename(video_path))[0] or "clip"
+    bitstream_path, decoded_mp4 = _write_glvc_files(workdir, name, fps, result, stages)
+    follows = "the scores and x265 at the same size follow" if compare_x265 else "the scores follow"
+    yield EncodePreview(
+        f"Decoded by GLVC after {time.perf_counter() - request_start:.0f} s: {report.bytes:,} bytes, "
+        f"{report.kbps:.1f} kbps, {report.bits_per_pixel:.4f} bpp, quality {report.quality}; {follows}",
+        decoded_mp4, bitstream_path)
+
     progress(0.6, desc="scoring GLVC")
     scores = _score(frames, result.reconstruction, fps, slow_metrics, stages, "GLVC")
     x265 = _compare_x265(frames, fps, report.bytes, slow_metrics, progress, stages) if compare_x265 else None
     inspection = _inspection(model_key, model, video, result, target, scores, x265, stages)
 
-    progress(0.92, desc="writing the videos")
-    name = os.path.splitext(os.path.basename(video_path))[0] or "clip"
-    bitstream_path, decoded_mp4, sbs_mp4 = _write_files(workdir, name, frames, fps, result, x265, stages)
+    progress(0.92, desc="writing the side-by-side video")
+    sbs_mp4 = _write_side_by_side(workdir, name, frames, fps, result, x265, stages)
     progress(1.0, desc="done")
 
     table = _scores_table(frames, report, scores, x265)
@@ -753,7 +796,7 @@ def encode_clip(
     timings.append(["total", f"{sum(stages.values()):.2f}"])
     status = _status_line(video, report, target, scores, glvc_seconds, x265, max_seconds)
     details = _details(video_path, video, model_key, model, rate, target, result, scores, slow_metrics, x265, stages)
-    return EncodeOutcome(status, decoded_mp4, sbs_mp4, bitstream_path, table, timings, details, result.reconstruction, inspection)
+    yield EncodeOutcome(status, decoded_mp4, sbs_mp4, bitstream_path, table, timings, details, result.reconstruction, inspection)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -208,6 +208,22 @@ class TestService:
         assert out[0, :12, :20].max() > 200  # the label: light text on a dark box
 
 
+def test_a_request_shows_the_decoded_video_before_the_scores(tmp_path):
+    steps = service.encode_clip_steps(VTEST, "default", service.Rate("quality", 32), 64, 0.9, True, str(tmp_path),
+                                      slow_metrics=False)
+    preview = next(steps)
+    assert isinstance(preview, service.EncodePreview)
+    assert preview.status.startswith("Decoded by GLVC after") and "x265 at the same size follow" in preview.status
+    decoded_mp4 = open(preview.decoded_mp4, "rb").read()
+    bitstream = open(preview.bitstream_path, "rb").read()
+    assert not os.path.exists(os.path.join(str(tmp_path), "vtest_3s_side_by_side.mp4"))  # not yet
+    out = next(steps)
+    assert isinstance(out, service.EncodeOutcome) and next(steps, None) is None
+    assert (out.decoded_mp4, out.bitstream_path) == (preview.decoded_mp4, preview.bitstream_path)
+    assert open(out.decoded_mp4, "rb").read() == decoded_mp4 and open(out.bitstream_path, "rb").read() == bitstream
+    assert os.path.isfile(out.side_by_side_mp4) and out.status.startswith("GLVC: 9 frames")
+
+
 @pytest.fixture(scope="module")
 def pictured(tmp_path_factory):
     """One real encode of vtest (86x64, 9 frames = 3 latent frames) with x265, as the app makes it."""
