@@ -61,9 +61,9 @@ A causal video VAE turns the clip into latents (one latent frame per 4 video fra
 latent codec with a temporal memory entropy-codes them into a `.glvc` bitstream. Upload a clip
 (or pick an example), choose a rate, and compare the result with x265 at the same number of bytes.
 
-**Limits.** {LIMITS.describe(DEVICE)} On 2 shared CPU cores the default (240p, 2 s, with the
-x265 comparison) took 45 s to 2.5 minutes, depending on the machine's load; most of it is the
-tokenizer, then the metrics.
+**Limits.** {LIMITS.describe(DEVICE)} On 2 idle CPU cores the default (240p, 2 s, with the x265
+comparison) took 33-36 s, the decoded video showing after about 21 s (more on a busy machine);
+most of it is the tokenizer, then the metrics.
 """
 
 SLOW_METRICS_LABEL = (
