@@ -92,7 +92,12 @@ class TestEngines:
 
         vae = AutoencoderKLWan(**TINY_TOKENIZER)
         monkeypatch.delenv(ENGINE_ENV, raising=False)
-        assert default_engine() == ("onednn" if torch.backends.mkldnn.is_available() else "reference")
+        from glvc import tokenizer_openvino
+
+        without_openvino = "onednn" if torch.backends.mkldnn.is_available() else "reference"
+        assert default_engine() == ("openvino" if tokenizer_openvino.available() else without_openvino)
+        monkeypatch.setattr(tokenizer_openvino, "available", lambda: False)
+        assert default_engine() == without_openvino
         monkeypatch.setenv(ENGINE_ENV, "reference")
         assert Tokenizer(vae).engine == "reference"
         assert Tokenizer(vae).with_engine("onednn").vae is vae
