@@ -68,7 +68,7 @@ most of it is the tokenizer, then the metrics.
 
 SLOW_METRICS_LABEL = (
     "Score the slow metrics too: DISTS and ColorVideoVDP (perceptual video metric, JOD)"
-    + ("" if DEVICE == "gpu" else ": on 2 CPU cores about 90 s each per 2 s 240p clip, twice with x265")
+    + ("" if DEVICE == "gpu" else ": on 2 CPU cores 80-90 s each per 2 s 240p clip, twice with x265")
 )
 
 EncodeOutputs = tuple[str, str, str, list[list[str]], list[list[str]], str, dict[str, Any], Any]

@@ -509,7 +509,7 @@ METRIC_ROWS = (
 SLOW_METRICS = ("dists", "cvvdp")
 """Metrics a request scores only when asked (the page's box; by default only with a GPU). On 2 CPU
 cores, per 2 s 240p clip (50 frames of 564x240), scored twice per request with x265: DISTS (VGG16
-on every frame) 92 s, ColorVideoVDP about 88 CPU-seconds; LPIPS-Alex, kept, 4.4 s (docs/metrics.md)."""
+on every frame) 82-92 s, ColorVideoVDP about 88 CPU-seconds; LPIPS-Alex, kept, 3.9-4.4 s (docs/metrics.md)."""
 SLOW_METRIC_OFF = "not computed (slow metrics box off)"
 
 
