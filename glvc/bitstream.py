@@ -12,7 +12,9 @@ the codec computes everything that conditions its entropy coder in exact arithme
     offset  field
     0       magic            4 bytes  b"GLVC"
     4       version          u8       2
-    5       flags            u8       reserved, must be 0
+    5       flags            u8       bit 0: one latent frame per pixel frame (temporal stride 1, a
+                                      per-frame tokenizer); clear: the 1 + 4k grouping (stride 4).
+                                      Other bits reserved, must be 0
     6       model fingerprint 16 bytes  (hash of tokenizer + codec configs and weights)
     22      width            varint   original width in pixels   (1 .. 8192)
             height           varint   original height in pixels  (1 .. 8192)
@@ -21,7 +23,7 @@ the codec computes everything that conditions its entropy coder in exact arithme
             fps denominator  varint   (1 .. 1000000)
             pad right        varint   columns of replicate padding added before coding (< 1024)
             pad bottom       varint   rows of replicate padding added before coding (< 1024)
-            pad frames       varint   frames repeated at the end to reach 1 + 4k (< 4)
+            pad frames       varint   frames repeated at the end to reach 1 + 4k (< 4; 0 at stride 1)
             quality          u8       rate index, 0 (lowest rate) .. 63 (highest)
             refresh period   varint   latent frames between memory resets, 0 = never (< 100000)
             tokenizer segment varint  latent frames per tokenizer segment, 0 = the whole clip (< 100000)
@@ -32,9 +34,10 @@ the codec computes everything that conditions its entropy coder in exact arithme
             payload          bytes    the codec's entropy-coded data for one latent frame
     trailer: CRC-32 (zlib) of every byte before it, u32
 
-The tokenizer codes the clip in segments of ``1 + 4 (segment - 1)`` pixel frames, each on its
-own (the whole clip when segment is 0): in a segment, latent frame 0 covers pixel frame 0 and
-latent frame t >= 1 covers pixel frames 4t-3 .. 4t. The unit count must equal
+The tokenizer codes the clip in segments of ``1 + s (segment - 1)`` pixel frames, each on its
+own (the whole clip when segment is 0), where s is the temporal stride (4, or 1 with flag bit 0):
+in a segment, latent frame 0 covers pixel frame 0 and latent frame t >= 1 covers pixel frames
+s(t-1)+1 .. st. The unit count must equal
 :func:`latent_frame_count`, and the first unit must be intra. Every limit is checked before anything is allocated, so a bogus length field
 cannot make the reader allocate more than the stream itself holds.
 """
@@ -56,6 +59,9 @@ MAX_FPS_TERM = 1_000_000
 MAX_PAD_PIXELS = 1023
 MAX_QUALITY = 63
 TEMPORAL_STRIDE = 4
+FLAG_FRAME_LATENTS = 0x01
+"""Flag bit 0: the tokenizer has temporal stride 1 (one latent frame per pixel frame)."""
+TEMPORAL_STRIDES = {0: TEMPORAL_STRIDE, FLAG_FRAME_LATENTS: 1}  # the flags' stride bit -> temporal stride
 
 KIND_INTRA = 0
 KIND_INTER = 1
@@ -66,33 +72,33 @@ class BitstreamError(ValueError):
     """A ``.glvc`` stream is malformed, truncated, corrupted or made for another model."""
 
 
-def segment_frames(segment: int) -> int:
-    """Pixel frames in a full tokenizer segment of ``segment`` latent frames: 1 + 4 (segment - 1)."""
-    return 1 + TEMPORAL_STRIDE * (segment - 1)
+def segment_frames(segment: int, stride: int = TEMPORAL_STRIDE) -> int:
+    """Pixel frames in a full tokenizer segment of ``segment`` latent frames: 1 + stride (segment - 1)."""
+    return 1 + stride * (segment - 1)
 
 
-def _segment_lengths(frames: int, segment: int) -> tuple[int, int]:
+def _segment_lengths(frames: int, segment: int, stride: int) -> tuple[int, int]:
     """(full segments, pixel frames in the last, partial segment or 0); segment 0 = one segment."""
     if frames < 1:
         raise ValueError(f"a clip needs at least 1 frame, got {frames}")
     if segment == 0:
         return 0, frames
-    return divmod(frames, segment_frames(segment))
+    return divmod(frames, segment_frames(segment, stride))
 
 
-def latent_frame_count(frames: int, segment: int = 0) -> int:
-    """Latent frames that code ``frames`` pixel frames.
+def latent_frame_count(frames: int, segment: int = 0, stride: int = TEMPORAL_STRIDE) -> int:
+    """Latent frames that code ``frames`` pixel frames with a tokenizer of temporal ``stride``.
 
-    The tokenizer codes each segment of ``1 + 4 (segment - 1)`` frames on its own (``segment``
-    = 0: the whole clip is one segment); a segment of n frames needs ``1 + ceil((n - 1) / 4)``."""
-    full, rest = _segment_lengths(frames, segment)
-    return full * segment + (1 + -(-(rest - 1) // TEMPORAL_STRIDE) if rest else 0)
+    The tokenizer codes each segment of ``1 + stride (segment - 1)`` frames on its own (``segment``
+    = 0: the whole clip is one segment); a segment of n frames needs ``1 + ceil((n - 1) / stride)``."""
+    full, rest = _segment_lengths(frames, segment, stride)
+    return full * segment + (1 + -(-(rest - 1) // stride) if rest else 0)
 
 
-def pad_frame_count(frames: int, segment: int = 0) -> int:
-    """Frames repeated at the end so that the last segment has 1 + 4k frames."""
-    _, rest = _segment_lengths(frames, segment)
-    return (TEMPORAL_STRIDE - (rest - 1) % TEMPORAL_STRIDE) % TEMPORAL_STRIDE if rest else 0
+def pad_frame_count(frames: int, segment: int = 0, stride: int = TEMPORAL_STRIDE) -> int:
+    """Frames repeated at the end so that the last segment has 1 + stride k frames (0 at stride 1)."""
+    _, rest = _segment_lengths(frames, segment, stride)
+    return (stride - (rest - 1) % stride) % stride if rest else 0
 
 
 @dataclass(frozen=True)
@@ -110,7 +116,11 @@ class Header:
     pad_right: int = 0
     pad_bottom: int = 0
     pad_frames: int = 0
-    flags: int = 0
+    temporal_stride: int = TEMPORAL_STRIDE  # pixel frames per latent frame after the first (flags bit 0)
+
+    @property
+    def flags(self) -> int:
+        return {stride: flag for flag, stride in TEMPORAL_STRIDES.items()}[self.temporal_stride]
 
     def validate(self) -> None:
         """Raise :class:`BitstreamError` if any field is outside the format's limits."""
@@ -123,21 +133,23 @@ class Header:
         _check_range("fps denominator", self.fps.denominator, 1, MAX_FPS_TERM)
         _check_range("pad right", self.pad_right, 0, MAX_PAD_PIXELS)
         _check_range("pad bottom", self.pad_bottom, 0, MAX_PAD_PIXELS)
-        _check_range("pad frames", self.pad_frames, 0, TEMPORAL_STRIDE - 1)
+        if self.temporal_stride not in TEMPORAL_STRIDES.values():
+            raise BitstreamError(f"temporal stride is {self.temporal_stride}; the format holds "
+                                 f"{' or '.join(map(str, sorted(TEMPORAL_STRIDES.values())))}")
+        _check_range("pad frames", self.pad_frames, 0, self.temporal_stride - 1)
         _check_range("quality", self.quality, 0, MAX_QUALITY)
         _check_range("refresh period", self.refresh_period, 0, MAX_FRAMES)
         _check_range("tokenizer segment", self.segment, 0, MAX_FRAMES)
-        if self.flags != 0:
-            raise BitstreamError(f"flags byte is {self.flags:#04x}; version {VERSION} defines no flags")
-        expected_pad = pad_frame_count(self.frames, self.segment)
+        expected_pad = pad_frame_count(self.frames, self.segment, self.temporal_stride)
         if self.pad_frames != expected_pad:
             raise BitstreamError(
-                f"pad frames is {self.pad_frames} but {self.frames} frames need {expected_pad} to reach 1 + 4k"
+                f"pad frames is {self.pad_frames} but {self.frames} frames need {expected_pad} to reach "
+                f"1 + {self.temporal_stride}k"
             )
 
     @property
     def latent_frames(self) -> int:
-        return latent_frame_count(self.frames, self.segment)
+        return latent_frame_count(self.frames, self.segment, self.temporal_stride)
 
 
 @dataclass(frozen=True)
@@ -280,6 +292,8 @@ def unpack_header(data: bytes) -> tuple[Header, _Reader]:
             "(the file is corrupted or truncated)"
         )
     flags = reader.u8("flags")
+    if flags not in TEMPORAL_STRIDES:
+        raise BitstreamError(f"flags byte is {flags:#04x}; version {VERSION} defines only bit 0 (temporal stride 1)")
     fingerprint = reader.take(FINGERPRINT_BYTES, "model fingerprint")
     width = reader.varint("width")
     height = reader.varint("height")
@@ -306,7 +320,7 @@ def unpack_header(data: bytes) -> tuple[Header, _Reader]:
         pad_right=pad_right,
         pad_bottom=pad_bottom,
         pad_frames=pad_frames,
-        flags=flags,
+        temporal_stride=TEMPORAL_STRIDES[flags],
     )
     header.validate()
     return header, reader

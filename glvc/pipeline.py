@@ -3,13 +3,14 @@
 ::
 
     frames (T, H, W, 3) uint8
-      -> pad T to 1 + 4k (repeat the last frame), H and W to a multiple of ``GLVC.pixel_stride``
-         (replicate); the padding is written into the header and cropped off after decoding
-      -> tokenizer EncoderStream: 1 frame, then 4 frames at a time -> latent frame (1, C, h, w)
+      -> pad T to 1 + sk (repeat the last frame; s the tokenizer's temporal stride, 4 or 1), H and W
+         to a multiple of ``GLVC.pixel_stride`` (replicate); the padding is written into the header
+         and cropped off after decoding
+      -> tokenizer encoder stream: 1 frame, then s frames at a time -> latent frame (1, C, h, w)
       -> LatentCodec.compress_frame with the stream's recurrent memory -> payload
       -> bitstream.pack(header, units)
 
-Decoding mirrors it unit by unit. Both directions stream one latent frame (4 pixel frames)
+Decoding mirrors it unit by unit. Both directions stream one latent frame (s pixel frames)
 at a time, so memory does not grow with the clip's length unless the caller keeps the frames.
 
 The model fingerprint in the header is a hash of both configs and all weights as stored
@@ -36,7 +37,7 @@ import torch
 from . import bitstream
 from .bitstream import BitstreamError, FrameUnit, Header
 from .codec import CodecState, LatentCodec
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, load_tokenizer
 
 ProgressCallback = Callable[[int, int], None]  # (latent frames done, latent frames in total or 0 if unknown)
 
@@ -195,6 +196,7 @@ class GLVC:
         # short clips only is reliable for that many (measured: see the model card)
         self.segment = segment
         self.pixel_stride = tokenizer.spatial_stride * codec.spatial_stride
+        self.temporal_stride = tokenizer.temporal_stride  # pixel frames per latent frame after the first (4 or 1)
         self._fingerprint: bytes | None = None
         # intra-op threads of the latent codec (None: the caller's); its exact arithmetic gives the
         # same bits with any count, so this is a speed setting only (bench times 1 as the old path)
@@ -234,7 +236,7 @@ class GLVC:
                 except EntryNotFoundError:  # the repository has no glvc.json: the defaults
                     config = {}
             source = config.get("tokenizer") or {"name_or_path": name_or_path, "subfolder": "tokenizer"}
-            tokenizer = Tokenizer.from_pretrained(
+            tokenizer = load_tokenizer(
                 source["name_or_path"], subfolder=source.get("subfolder"), device=device, dtype=dtype, engine=engine,
                 **hub_kwargs,
             )
@@ -340,7 +342,7 @@ class GLVC:
         if isinstance(frames, np.ndarray):
             if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or frames.shape[0] == 0:
                 raise ValueError(f"expected (T, H, W, 3) uint8 frames with T >= 1, got {frames.shape} {frames.dtype}")
-            analysis.total = bitstream.latent_frame_count(frames.shape[0], self.segment)
+            analysis.total = bitstream.latent_frame_count(frames.shape[0], self.segment, self.temporal_stride)
         latents = self._analyze(iter(frames), analysis, timer)
         if keep_latents:
             latents = list(latents)
@@ -412,7 +414,7 @@ class GLVC:
     def _analyze(self, frames: Iterator[np.ndarray], analysis: "_Analysis", timer: _Timer):
         """Tokenizer pass: yields (normalised latent frame (1, C, h, w), real pixel frames in it)."""
         encoder = None
-        for chunk, real, starts_segment in _chunks(frames, self.segment):
+        for chunk, real, starts_segment in _chunks(frames, self.segment, self.temporal_stride):
             if starts_segment:
                 encoder = self.tokenizer.encoder_stream()
             if analysis.geometry is None:
@@ -479,8 +481,9 @@ class GLVC:
             refresh_period=refresh_period,
             pad_right=geometry.pad_right,
             pad_bottom=geometry.pad_bottom,
-            pad_frames=bitstream.pad_frame_count(analysis.count, self.segment),
+            pad_frames=bitstream.pad_frame_count(analysis.count, self.segment, self.temporal_stride),
             segment=self.segment,
+            temporal_stride=self.temporal_stride,
         )
 
     def _starts_segment(self, latent_index: int) -> bool:
@@ -535,6 +538,9 @@ class GLVC:
                 "decode it with the model that made it (--model DIR in the command line; `python -m glvc info` "
                 "shows a stream's model)"
             )
+        if header.temporal_stride != self.temporal_stride:
+            raise BitstreamError(f"stream groups {header.temporal_stride} pixel frames per latent frame, this model's "
+                                 f"tokenizer {self.temporal_stride}")
         if header.segment != self.segment:
             raise BitstreamError(f"stream uses tokenizer segments of {header.segment} latent frames, this model {self.segment}")
         if header.quality > self.max_quality:
@@ -584,10 +590,12 @@ class _Analysis:
     total: int = 0  # latent frames expected, 0 if unknown
 
 
-def _chunks(frames: Iterator[np.ndarray], segment: int = 0) -> Iterator[tuple[np.ndarray, int, bool]]:
-    """Group frames as the tokenizer needs them: [f0], [f1..f4], [f5..f8], ...; with ``segment`` > 0
-    the grouping restarts with a single frame every ``segment`` latent frames. The last group is
-    padded by repeating its last frame. Yields (chunk (n, H, W, 3), real frames in it, starts a segment)."""
+def _chunks(frames: Iterator[np.ndarray], segment: int = 0, stride: int = bitstream.TEMPORAL_STRIDE
+            ) -> Iterator[tuple[np.ndarray, int, bool]]:
+    """Group frames as a tokenizer of temporal ``stride`` needs them: [f0], [f1..f4], [f5..f8], ... at
+    stride 4, one frame each at stride 1; with ``segment`` > 0 the grouping restarts with a single frame
+    every ``segment`` latent frames. The last group is padded by repeating its last frame. Yields
+    (chunk (n, H, W, 3), real frames in it, starts a segment)."""
     position = 0  # latent frame index inside the current segment
     group: list[np.ndarray] = []
     for frame in frames:
@@ -597,13 +605,13 @@ def _chunks(frames: Iterator[np.ndarray], segment: int = 0) -> Iterator[tuple[np
             position = 1 if segment != 1 else 0
             continue
         group.append(frame)
-        if len(group) == 4:
-            yield np.stack(group), 4, False
+        if len(group) == stride:
+            yield np.stack(group), stride, False
             group = []
             position = 0 if segment and position + 1 == segment else position + 1
     if group:
         real = len(group)
-        group += [group[-1]] * (4 - real)
+        group += [group[-1]] * (stride - real)
         yield np.stack(group), real, False
 
 

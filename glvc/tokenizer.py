@@ -76,6 +76,37 @@ def default_engine() -> str:
     return "onednn" if torch.backends.mkldnn.is_available() else "reference"
 
 
+TOKENIZER_FAMILIES = {
+    "AutoencoderKLWan": "glvc.tokenizer:Tokenizer",  # causal video VAE, 4x temporal
+    "TinyAutoencoder": "glvc.tokenizer_taef:FrameTokenizer",  # per-frame 2-D autoencoder (TAEF2)
+}
+"""A tokenizer folder's ``config.json`` ``_class_name`` -> the class that runs it."""
+
+
+def load_tokenizer(name_or_path: str, subfolder: str | None = None, device: str | torch.device = "cpu",
+                   dtype: torch.dtype = torch.float32, engine: str | None = None, **kwargs):
+    """Load a tokenizer of any family from a local folder or a Hub id: its ``config.json`` names the
+    family (:data:`TOKENIZER_FAMILIES`). Returns a :class:`Tokenizer` or a
+    :class:`glvc.tokenizer_taef.FrameTokenizer` (the same interface)."""
+    config = AutoencoderKLWan.load_config(name_or_path, subfolder=subfolder, **kwargs)
+    cls = _tokenizer_class(config.get("_class_name", "AutoencoderKLWan"), repr(name_or_path))
+    return cls.from_pretrained(name_or_path, subfolder=subfolder, device=device, dtype=dtype, engine=engine, **kwargs)
+
+
+def tokenizer_for(vae, device: str | torch.device = "cpu", engine: str | None = None):
+    """The tokenizer that runs an autoencoder module of any family (training builds them from modules)."""
+    return _tokenizer_class(type(vae).__name__, "this autoencoder")(vae, device=device, engine=engine)
+
+
+def _tokenizer_class(kind: str, what: str):
+    import importlib
+
+    if kind not in TOKENIZER_FAMILIES:
+        raise ValueError(f"tokenizer {what} is a {kind!r}; GLVC runs {', '.join(TOKENIZER_FAMILIES)}")
+    module, name = TOKENIZER_FAMILIES[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 class _OneDNNConv3d(torch.overrides.TorchFunctionMode):
     """Send ``F.conv3d`` on CPU float32 tensors to oneDNN whatever the shape; all else unchanged."""
 

@@ -65,6 +65,50 @@ class TestRoundTrip:
         assert bitstream.pad_frame_count(frames, segment) == pad
 
 
+class TestTemporalStride:
+    """Flag bit 0: a per-frame tokenizer (temporal stride 1), one latent frame per pixel frame."""
+
+    @pytest.mark.parametrize("frames,segment,latent", [(1, 0, 1), (7, 0, 7), (10, 3, 10), (10, 4, 10)])
+    def test_counts_at_stride_1(self, frames, segment, latent):
+        assert bitstream.latent_frame_count(frames, segment, stride=1) == latent
+        assert bitstream.pad_frame_count(frames, segment, stride=1) == 0
+        assert bitstream.segment_frames(3, stride=1) == 3
+
+    def test_round_trip_sets_the_flag(self):
+        header = Header(fingerprint=bytes(16), width=33, height=17, frames=7, fps=Fraction(25), quality=3,
+                        temporal_stride=1)
+        units = [FrameUnit(kind=bitstream.KIND_INTRA if i == 0 else bitstream.KIND_INTER, payload=b"x") for i in range(7)]
+        data = bitstream.pack(header, units)
+        assert data[5] == bitstream.FLAG_FRAME_LATENTS
+        container = bitstream.unpack(data)
+        assert container.header == header and container.header.temporal_stride == 1
+        assert len(container.units) == 7
+
+    def test_stride_4_streams_keep_flags_zero(self):
+        _, _, data = make_stream()
+        assert data[5] == 0 and bitstream.unpack(data).header.temporal_stride == 4
+
+    @pytest.mark.parametrize("flags", [0x02, 0x80, 0x03])
+    def test_unknown_flag_bits_are_refused(self, flags):
+        _, _, data = make_stream()
+        body = bytearray(data[:-4])
+        body[5] = flags
+        with pytest.raises(BitstreamError, match="flags byte"):
+            bitstream.unpack(with_crc(bytes(body)))
+
+    def test_flag_flipped_on_a_stride_4_stream_is_refused(self):
+        _, _, data = make_stream(frames=6)  # 3 units at stride 4; stride 1 would need 6
+        body = bytearray(data[:-4])
+        body[5] = bitstream.FLAG_FRAME_LATENTS
+        with pytest.raises(BitstreamError, match="pad frames|unit count"):
+            bitstream.unpack(with_crc(bytes(body)))
+
+    def test_a_stride_the_format_cannot_hold(self):
+        header = Header(fingerprint=bytes(16), width=8, height=8, frames=3, fps=Fraction(25), quality=0, temporal_stride=2)
+        with pytest.raises(BitstreamError, match="temporal stride is 2"):
+            header.validate()
+
+
 class TestMalformed:
     def test_every_truncation_fails_cleanly_and_fast(self):
         _, _, data = make_stream()
