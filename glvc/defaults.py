@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import warnings
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(PACKAGE_DIR)
@@ -16,6 +18,20 @@ DEFAULT_MODEL = os.path.join(PACKAGE_DIR, "pretrained", "default")
 
 RATE_TABLE_NAME = "rate_table.json"
 """A model folder's measured bits per pixel per quality index (``glvc.ratetable``)."""
+
+
+def quiet_libraries() -> None:
+    """Filter the notices of the libraries GLVC uses; call it before they are imported.
+
+    The command line (``glvc/__main__.py``) and the app (``app.py``) print their results and their
+    own messages, nothing else: Python warnings raised outside ``glvc`` (e.g. torch.jit's
+    FutureWarning when compressai is imported) are ignored, and diffusers logs only errors (not
+    "Cannot initialize model with low cpu memory usage because `accelerate` was not found").
+    ``python -W ...`` / ``PYTHONWARNINGS`` and ``DIFFUSERS_VERBOSITY`` still take precedence.
+    """
+    if not sys.warnoptions:
+        warnings.filterwarnings("ignore", module=r"(?!glvc(\.|$))")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
 def default_model() -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import glob
 import os
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -206,6 +208,17 @@ class TestService:
         assert out.shape == (2, 40, 104, 3)
         assert (out[:, 30:, 54:] == 100).all() and (out[:, :, 50:54] == 255).all()
         assert out[0, :12, :20].max() > 200  # the label: light text on a dark box
+
+
+@pytest.mark.slow
+def test_the_app_starts_quietly():
+    """Importing the app (what ``python app.py`` does before it serves: the model loads) prints
+    nothing: the libraries' notices (torch.jit's FutureWarning, diffusers' "accelerate" notice) are
+    filtered as in the CLI (glvc.defaults.quiet_libraries)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONWARNINGS", "DIFFUSERS_VERBOSITY")}
+    done = subprocess.run([sys.executable, "-c", "import app"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (done.stdout, done.stderr) == ("", "")
 
 
 def test_a_request_shows_the_decoded_video_before_the_scores(tmp_path):

@@ -1,7 +1,8 @@
 """The README's snippets run, so that they cannot drift from the code; and the repository stands alone.
 
 * every ```python block runs (the bundled model, with clips cut to a few small frames so that the
-  test takes seconds: :func:`glvc.video_io.read_video` is wrapped for the run);
+  test takes seconds: :func:`glvc.video_io.read_video` is wrapped for the run); the app's
+  gradio_client block runs against a launched app in tests/test_app_client.py;
 * every ``python -m glvc ...`` / ``torchrun ... -m glvc ...`` / ``python -m glvc.data.prepare ...``
   command line in a ```bash block parses with the real parser, and the repository paths it names
   (``configs/``, ``examples/``, ``scripts/``) exist.
@@ -27,6 +28,12 @@ def blocks(language: str) -> list[str]:
     return re.findall(rf"^```{language}\n(.*?)^```", text, flags=re.S | re.M)
 
 
+def library_blocks() -> list[str]:
+    """The ```python blocks that use the library; the app's gradio_client block needs a running app
+    and runs in tests/test_app_client.py."""
+    return [block for block in blocks("python") if "gradio_client" not in block]
+
+
 def command_lines() -> list[list[str]]:
     """Every command of the bash blocks, split at ``&&``, comments removed, as argv lists."""
     out = []
@@ -46,7 +53,7 @@ def test_readme_has_snippets():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("index", range(len(blocks("python"))))
+@pytest.mark.parametrize("index", range(len(library_blocks())))
 def test_python_snippet_runs(index, monkeypatch, capsys):
     from glvc import video_io
 
@@ -59,7 +66,7 @@ def test_python_snippet_runs(index, monkeypatch, capsys):
 
     monkeypatch.setattr(video_io, "read_video", small)
     monkeypatch.chdir(REPO)
-    exec(compile(blocks("python")[index], f"README.md python block {index}", "exec"), {"__name__": "readme"})
+    exec(compile(library_blocks()[index], f"README.md python block {index}", "exec"), {"__name__": "readme"})
     assert capsys.readouterr().out  # the snippets print what they made
 
 
