@@ -1,28 +1,70 @@
-"""Command line: ``python -m glvc {encode,decode,info,train}``.
+"""Command line: ``python -m glvc {encode,decode,info,train,eval,bench}``.
 
-User errors (a bad file, a bad stream, a missing model) print one line and exit with
-status 2; no traceback. Paths and arguments are checked before the model loads. Results go to
-stdout; progress (glvc.progress) and notes to stderr. The libraries' warnings are filtered in
-``glvc/__main__.py``, the entry point.
+User errors (a bad file, a bad stream, a missing model) print one line, naming the user's path,
+and exit with status 2; no traceback. Paths and arguments (``--model`` included) are checked before
+the model loads. Results go to stdout; progress (glvc.progress) and notes to stderr. A reader that
+closes stdout early (``| head``) ends the command quietly, as it ends Unix tools. The libraries'
+warnings are filtered in ``glvc/__main__.py``, the entry point.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
 import tempfile
 
+from . import __version__
+from .bitstream import BitstreamError
 from .defaults import default_model, local_max_quality
 from .progress import Progress
+
+ENGINE_CHOICES = ("reference", "onednn", "openvino")
+"""``glvc.tokenizer.ENGINES``, repeated here so that building the parser imports no torch
+(tests/test_cli.py checks that the two agree)."""
+
+ENVIRONMENT_HELP = """environment variables:
+  GLVC_MODEL              the model used without --model (default: the bundled glvc/pretrained/default)
+  GLVC_TOKENIZER_ENGINE   the tokenizer engine used without --engine: reference, onednn or openvino
+                          (default: openvino where it is installed, else onednn)
+  GLVC_CACHE_DIR          where the openvino engine keeps its converted models (default ~/.cache/glvc)"""
 
 
 def _load_model(args):
     from .pipeline import GLVC
 
-    return GLVC.from_pretrained(args.model)
+    return GLVC.from_pretrained(args.model, engine=args.engine)
+
+
+def _check_model_argument(model: str) -> str:
+    """``--model`` (or ``$GLVC_MODEL``) as given, ``~`` expanded; refused at once when it names a
+    path that is no folder. Anything else is left to the loader as a Hub id (``owner/name``).
+
+    A path: it starts with ``/``, ``.`` or ``~``, holds more than one ``/`` (a Hub id has one) or a
+    backslash, or names an existing file. Without this check such a name reached the Hub client,
+    which refused it as a repository id only after torch and the libraries had loaded (5.9 s for
+    ``encode tests/data/tiny.mp4 x.glvc --model /no/such/dir`` here)."""
+    named = "$GLVC_MODEL" if model == os.environ.get("GLVC_MODEL") else "--model"
+    path = os.path.expanduser(model)
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise ValueError(f"{named} {model}: this is a file; give the model's folder (it holds tokenizer/ and codec/)")
+    if model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model:
+        raise ValueError(f"{named} {model}: no such folder")
+    return model
+
+
+@contextlib.contextmanager
+def _naming_stream(path: str):
+    """Stream errors raised inside start with the stream's path (``x.glvc: checksum mismatch ...``)."""
+    try:
+        yield
+    except BitstreamError as err:
+        raise BitstreamError(f"{path}: {err}") from err
 
 
 # Frames above this many pixels are refused by ``encode`` unless --max-height brings them down: the
@@ -38,6 +80,22 @@ def _positive(text: str) -> float:
     if not (value > 0 and math.isfinite(value)):  # NaN fails the first test
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
+
+
+def _count(minimum: int):
+    """An argparse type: a whole number >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {text}")
+        return value
+
+    parse.__name__ = f"whole number >= {minimum}"  # how argparse names the type in its messages
+    return parse
 
 
 def _check_output(path: str) -> None:
@@ -121,7 +179,8 @@ def cmd_decode(args) -> int:
     # the paths and the header are checked before the model loads
     _check_output(args.output)
     data = _read_input(args.input)
-    header = bitstream.unpack_header(data)[0]
+    with _naming_stream(args.input):
+        header = bitstream.unpack_header(data)[0]
 
     from .pipeline import Report, _Timer
     from .video_io import VideoWriter
@@ -155,6 +214,8 @@ def cmd_decode(args) -> int:
             os.remove(partial)
         if isinstance(err, OSError):  # name the user's path, not the partial file
             raise ValueError(f"cannot write {args.output}: {err.strerror or err}") from err
+        if isinstance(err, BitstreamError):  # found while decoding (a unit, another model): name the stream
+            raise BitstreamError(f"{args.input}: {err}") from err
         raise
     finally:
         progress.close()
@@ -167,7 +228,8 @@ def cmd_info(args) -> int:
     from . import bitstream
 
     data = _read_input(args.input)
-    container = bitstream.unpack(data)
+    with _naming_stream(args.input):
+        container = bitstream.unpack(data)
     h = container.header
     info = {
         "bytes": len(data),
@@ -205,43 +267,56 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _command(sub, name: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand whose one-line help in ``python -m glvc --help`` is also its ``--help`` description."""
+    return sub.add_parser(name, help=help, description=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m glvc", description="Generative latent video compression")
+    parser = argparse.ArgumentParser(prog="python -m glvc", description="Generative latent video compression",
+                                     epilog=ENVIRONMENT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def model_arg(p):
-        p.add_argument("--model", default=default_model(), help="GLVC model folder or Hub id (default: the bundled model)")
+    def model_arg(p, engine: bool = True):
+        p.add_argument("--model", default=default_model(),
+                       help="GLVC model folder or Hub id (default: $GLVC_MODEL, else the bundled glvc/pretrained/default)")
+        if engine:
+            p.add_argument("--engine", choices=ENGINE_CHOICES, default=None,
+                           help="tokenizer engine (default: $GLVC_TOKENIZER_ENGINE, else openvino where installed, else "
+                           "onednn); it changes decoded pixels within float rounding, never the bitstream")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("encode", help="video file -> .glvc bitstream")
+    p = _command(sub, "encode", help="video file -> .glvc bitstream")
     p.add_argument("input", help="video file (any format FFmpeg reads) or image")
     p.add_argument("output", help=".glvc file to write (its folder must exist)")
     rate = p.add_mutually_exclusive_group()
-    rate.add_argument("--rate", type=int, default=32, help="quality index 0 (smallest) .. 63 (best), default 32")
+    rate.add_argument("--rate", type=int, default=32,
+                      help="rate index: 0 (smallest stream) .. 63 (largest, best quality) with the bundled model; default 32")
     rate.add_argument("--kbps", type=_positive, default=None,
                       help="target bitrate (1 kbps = 1000 bit/s): the encoder picks the highest quality index that fits; "
                       "below what quality 0 makes for the clip, quality 0 is used and stderr says so")
     rate.add_argument("--kilobytes", type=_positive, default=None,
                       help="target .glvc size in kB (1000 bytes): the encoder picks the highest quality index that fits; "
                       "below what quality 0 makes for the clip, quality 0 is used and stderr says so")
-    p.add_argument("--refresh", type=int, default=0, help="reset the temporal memory every N latent frames (0: never)")
-    p.add_argument("--max-frames", type=int, default=None, help="code at most this many frames (default: all)")
-    p.add_argument("--max-seconds", type=float, default=None, help="code at most this many seconds (default: all)")
-    p.add_argument("--max-height", type=int, default=None, help="downscale taller input to this height")
+    p.add_argument("--refresh", type=_count(0), default=0, help="reset the temporal memory every N latent frames (0: never)")
+    p.add_argument("--max-frames", type=_count(1), default=None, help="code at most this many frames (default: all)")
+    p.add_argument("--max-seconds", type=_positive, default=None, help="code at most this many seconds (default: all)")
+    p.add_argument("--max-height", type=_count(1), default=None, help="downscale taller input to this height")
     model_arg(p)
     p.set_defaults(func=cmd_encode)
 
-    p = sub.add_parser("decode", help=".glvc bitstream -> mp4 (or .npy of uint8 frames)")
+    p = _command(sub, "decode", help=".glvc bitstream -> mp4 (or .npy of uint8 frames)")
     p.add_argument("input", help=".glvc file")
     p.add_argument("output", help="video to write: .mp4 (H.264), or .npy for the exact (T, H, W, 3) uint8 frames")
     model_arg(p)
     p.set_defaults(func=cmd_decode)
 
-    p = sub.add_parser("info", help="describe a .glvc bitstream")
+    p = _command(sub, "info", help="describe a .glvc bitstream: prints JSON (header, units, bpp, kbps)")
     p.add_argument("input", help=".glvc file")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("train", help="train the tokenizer and the latent codec (runs under torchrun too)")
+    p = _command(sub, "train", help="train the tokenizer and the latent codec (runs under torchrun too)")
     p.add_argument("--config", required=True,
                    help="JSON training config (configs/default.json, configs/paper.json; keys in the README, "
                    "defaults in glvc/train.py DEFAULT_CONFIG)")
@@ -255,24 +330,33 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_bench_arguments, cmd_bench
     from .evaluate import add_eval_arguments, cmd_eval
 
-    p = sub.add_parser("eval", help="rate-distortion evaluation against x264/x265/SVT-AV1 (CSV, JSON, BD-rate, plots)")
+    p = _command(sub, "eval", help="rate-distortion evaluation against x264/x265/SVT-AV1 (CSV, JSON, BD-rate, plots); "
+                       "its default metrics include the slow DISTS and ColorVideoVDP (see --metrics)")
     add_eval_arguments(p)
     model_arg(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("bench", help="GLVC encode/decode throughput, memory and stage times against x265")
+    p = _command(sub, "bench", help="GLVC encode/decode throughput, memory and stage times against x265; minutes on a CPU "
+                       "(GLVC's encode and decode of the default clip alone took 131 s on 2 cores: docs/results/bench)")
     add_bench_arguments(p)
-    model_arg(p)
+    model_arg(p, engine=False)  # bench has its own --engine (the engine under test) and --baseline-engine
     p.set_defaults(func=cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .bitstream import BitstreamError
-
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        if getattr(args, "model", None) is not None:
+            args.model = _check_model_argument(args.model)
+        status = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the try, not at the interpreter's exit
+        return status
+    except BrokenPipeError:
+        # the reader left (`python -m glvc info x.glvc | head -3`): stop quietly, as Unix tools do.
+        # Python's own flush of stdout at exit would fail again: stdout goes to /dev/null from here.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # the status of a process ended by SIGPIPE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

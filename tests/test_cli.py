@@ -1,21 +1,25 @@
 """``python -m glvc`` as a user runs it, in a subprocess: a user error is exactly one line on stderr
-(no warnings or notices of the libraries), paths are checked before any work (``--model`` points
-nowhere in those tests, so an error about the model would show that the work had started), a size
-target below quality 0 is said, and progress written to a file is plain lines."""
+(no warnings or notices of the libraries), naming the user's path; paths are checked before any work
+(``--model`` names a Hub id that does not exist in those tests, so an error about the model would
+show that the work had started); a size target below quality 0 is said; progress written to a file
+is plain lines; a reader that closes the pipe early ends the command quietly. And the package
+installs: a wheel holds the library and the bundled model."""
 
 from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
 
 import pytest
 
 from tests.conftest import TINY_CLIP, build_tiny_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NO_MODEL = "/nonexistent/glvc-model"
+NO_MODEL = "nonexistent/glvc-model"  # shaped like a Hub id: only loading it would fail
 
 
 def glvc(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -165,3 +169,123 @@ def test_every_option_is_described():
     for parser in (build_parser(), prepare_parser()):
         undescribed = [name for name, action in _options(parser) if not action.help]
         assert undescribed == [], undescribed
+
+
+def test_frame_limits_below_one_are_refused(tmp_path):
+    for option, value in (("--max-frames", "0"), ("--max-frames", "-5"), ("--max-height", "0"), ("--max-seconds", "0")):
+        done = glvc("encode", TINY_CLIP, str(tmp_path / "x.glvc"), option, value, "--model", NO_MODEL)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert f"argument {option}: must be " in done.stderr.splitlines()[-1] and value in done.stderr
+    done = glvc("encode", TINY_CLIP, str(tmp_path / "x.glvc"), "--refresh", "-1", "--model", NO_MODEL)
+    assert done.returncode == 2 and "argument --refresh: must be 0 or more, got -1" in done.stderr
+
+
+def test_a_model_path_that_is_no_folder_is_said_at_once(tmp_path):
+    out = str(tmp_path / "x.glvc")
+    for missing in ("/no/such/dir", "./no-such-dir", "~/no-such-glvc-dir", "no/such/dir"):
+        line = one_error_line(glvc("encode", TINY_CLIP, out, "--model", missing))
+        assert line == f"error: --model {missing}: no such folder"
+    line = one_error_line(glvc("decode", "x.glvc", str(tmp_path / "x.mp4"), "--model", TINY_CLIP))
+    assert line == f"error: --model {TINY_CLIP}: this is a file; give the model's folder (it holds tokenizer/ and codec/)"
+    env = dict(os.environ, GLVC_MODEL=str(tmp_path / "gone"))
+    done = subprocess.run([sys.executable, "-m", "glvc", "encode", TINY_CLIP, out], cwd=REPO, capture_output=True, text=True, env=env)
+    assert one_error_line(done) == f"error: $GLVC_MODEL {tmp_path / 'gone'}: no such folder"
+
+
+def test_stream_errors_name_the_file(stream, tmp_path):
+    junk = tmp_path / "junk.glvc"
+    junk.write_bytes(b"\x00\x00\x00 not a stream at all, but long enough for a header")
+    expected = f"error: {junk}: not a .glvc stream: magic is b'\\x00\\x00\\x00 ', expected b'GLVC'"
+    assert one_error_line(glvc("info", str(junk))) == expected
+    assert one_error_line(glvc("decode", str(junk), str(tmp_path / "x.mp4"), "--model", NO_MODEL)) == expected
+    data = bytearray(open(stream, "rb").read())
+    data[-5] ^= 0xFF  # the last payload byte: the CRC-32 over the content no longer matches
+    corrupt = tmp_path / "corrupt.glvc"
+    corrupt.write_bytes(bytes(data))
+    line = one_error_line(glvc("info", str(corrupt)))
+    assert line.startswith(f"error: {corrupt}: checksum mismatch: stream says CRC-32 "), line
+
+
+def test_info_into_a_closed_pipe_is_quiet(stream):
+    """``python -m glvc info x.glvc | head -3``: the reader leaves; no "error: [Errno 32] Broken pipe"."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will read: the first write of the JSON fails with EPIPE
+    try:
+        done = subprocess.run([sys.executable, "-m", "glvc", "info", stream], cwd=REPO, stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert done.stderr == "" and done.returncode == 128 + 13, (done.returncode, done.stderr)
+
+
+def test_engine_option(tiny_model_dir):
+    from glvc import cli, tokenizer
+
+    assert cli.ENGINE_CHOICES == tokenizer.ENGINES  # the parser's copy (it imports no torch) agrees
+    parser = cli.build_parser()
+    for command in (["encode", "a.mp4", "b.glvc"], ["decode", "b.glvc", "c.mp4"], ["eval", "clips"]):
+        assert parser.parse_args(command).engine is None  # the default: $GLVC_TOKENIZER_ENGINE, else the best installed
+        args = parser.parse_args(command + ["--engine", "reference", "--model", tiny_model_dir])
+        assert args.engine == "reference"
+    assert cli._load_model(args).tokenizer.engine == "reference"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["decode", "b.glvc", "c.mp4", "--engine", "cuda"])
+
+
+def test_help_names_the_environment_and_the_costs(capsys):
+    from glvc.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    top = capsys.readouterr().out
+    for name in ("GLVC_MODEL", "GLVC_TOKENIZER_ENGINE", "GLVC_CACHE_DIR"):
+        assert name in top
+    assert "prints JSON" in top and "minutes on a CPU" in top
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["eval", "--help"])
+    assert "DISTS and ColorVideoVDP are slow" in " ".join(capsys.readouterr().out.split())
+
+
+def test_importing_the_library_prints_nothing():
+    """compressai's import of torch_geometric made torch warn about torch.jit.script (twice) in every
+    program that imports glvc; the library silences that notice where it imports compressai."""
+    done = subprocess.run([sys.executable, "-c", "import glvc.pipeline"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
+def test_version():
+    from glvc import __version__
+
+    done = glvc("--version")
+    assert done.returncode == 0 and done.stdout == f"python -m glvc {__version__}\n"
+
+
+@pytest.mark.slow
+def test_the_package_builds_a_wheel_with_the_model(tmp_path):
+    """``pip install .`` works: the wheel (built from a copy, so that the tree gets no build/ or
+    egg-info) holds the package, the bundled model and requirements.txt's pins."""
+    import glvc
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "requirements.txt", "README.md"):
+        shutil.copy(os.path.join(REPO, name), src)
+    shutil.copytree(os.path.join(REPO, "glvc"), src / "glvc", ignore=shutil.ignore_patterns("__pycache__"))
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (wheel,) = (tmp_path / "dist").iterdir()
+    assert wheel.name == f"glvc-{glvc.__version__}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        metadata = z.read(f"glvc-{glvc.__version__}.dist-info/METADATA").decode()
+    tracked = subprocess.run(["git", "ls-files", "glvc"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    model = [n for n in tracked if n.startswith("glvc/pretrained/")]
+    assert "glvc/pretrained/default/tokenizer/diffusion_pytorch_model.safetensors" in model
+    assert "glvc/pretrained/default/codec/model.safetensors" in model
+    missing = [n for n in tracked if n.endswith(".py") or n in model]
+    missing = [n for n in missing if n not in names]
+    assert missing == [], missing
+    with open(os.path.join(REPO, "requirements.txt")) as f:
+        pins = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    assert [line[len("Requires-Dist: "):] for line in metadata.splitlines() if line.startswith("Requires-Dist: ")] == pins

@@ -89,7 +89,7 @@ class TestRansOverread:
         done = subprocess.run([sys.executable, "-m", "glvc", "decode", str(path), str(tmp_path / "x.mp4"), "--model",
                                tiny_model_dir, "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert done.returncode == 2, (done.returncode, done.stderr[-500:])
-        assert done.stderr.strip().splitlines()[-1].startswith("error: unit 0: latent data is 1000000 bytes, more than")
+        assert done.stderr.strip().splitlines()[-1].startswith(f"error: {path}: unit 0: latent data is 1000000 bytes, more than")
 
     def test_longest_honest_length_is_accepted(self):
         assert rans_input(b"\x00" * (7 * 10 + 16), 10, "x").startswith(b"\x00" * 86)

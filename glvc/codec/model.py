@@ -43,12 +43,18 @@ import decimal
 import functools
 import math
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from compressai.entropy_models import EntropyBottleneck, GaussianConditional
-from compressai.models.base import SCALES_LEVELS, SCALES_MAX, SCALES_MIN, CompressionModel
+
+with warnings.catch_warnings():
+    # compressai imports torch_geometric, whose import calls torch.jit.script: torch 2.14 warns that it
+    # is deprecated (a FutureWarning, twice), a notice about those packages' code, not the user's
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+    from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+    from compressai.models.base import SCALES_LEVELS, SCALES_MAX, SCALES_MIN, CompressionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from safetensors.torch import load_file, save_file
 from torch import nn
