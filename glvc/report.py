@@ -1,20 +1,20 @@
 """What ``glvc eval`` writes: eval.csv/eval.json, the BD tables (bd_rate.md), results.md and one
-RD plot per metric (file list in :mod:`glvc.evaluate`'s docstring)."""
+RD plot per metric (file list in :mod:`glvc.evaluate`'s docstring), and the summary it prints."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
+import re
 from fractions import Fraction
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from .defaults import REPO_ROOT
 from .rd import LOWER_IS_BETTER
-
-if TYPE_CHECKING:
-    from .evaluate import EvalConfig
 
 METRIC_LABELS = {
     "psnr": "PSNR-RGB (dB)",
@@ -47,6 +47,28 @@ def _columns(metrics: Sequence[str]) -> list[str]:
         cols.append(f"{m}_unavailable")
     cols += _TAIL_COLUMNS + ["crf_search", "notes"]
     return cols
+
+
+# the parts of a metric's unavailability reason that depend on the moment it was asked
+# (glvc.metrics.fetch_backbone: "failed 217 s ago (...); no new try for 383 s", "(started 3 s ago)")
+_MOMENT = (re.compile(r"(?<=failed) \d+ s ago"), re.compile(r"; no new try for \d+ s"), re.compile(r" \(started \d+ s ago\)"))
+
+
+def portable_note(text: str | None) -> str | None:
+    """A reason or note as the results files keep it: paths inside the repository relative to it, the
+    home folder as ``~``, and without the parts that depend on the moment ("failed 217 s ago" ->
+    "failed"), so that one cause reads the same on every row (and in one footnote) and the files do
+    not name the machine that made them."""
+    if not text:
+        return text
+    for root in dict.fromkeys((os.path.realpath(REPO_ROOT), os.path.abspath(REPO_ROOT))):
+        text = text.replace(root + os.sep, "")
+    home = os.path.expanduser("~")
+    if home not in ("", os.sep, "~"):
+        text = re.sub(re.escape(home.rstrip(os.sep)) + r"(?=[/\\]|$)", "~", text)
+    for moment in _MOMENT:
+        text = moment.sub("", text)
+    return text
 
 
 def _json_default(obj):
@@ -145,60 +167,112 @@ def bd_markdown(bd: Sequence[dict], metrics: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def _single_scale(row: dict) -> bool:
+    """The row's ``ms_ssim`` holds single-scale SSIM (frames under 161 px: ``glvc.metrics``' fallback)."""
+    return row.get("ms_ssim") is not None and not str(row.get("ms_ssim_variant") or "MS-SSIM").startswith("MS-SSIM")
+
+
+def _ssim_label(rows: Sequence[dict]) -> str:
+    """The ``ms_ssim`` column's name by what it holds: MS-SSIM, SSIM, or both (SSIM rows then marked)."""
+    scored = [r for r in rows if r.get("ms_ssim") is not None]
+    single = [r for r in scored if _single_scale(r)]
+    if not single:
+        return METRIC_LABELS["ms_ssim"]
+    return "SSIM" if len(single) == len(scored) else "MS-SSIM (SSIM where marked)"
+
+
 def points_markdown(rows: Sequence[dict], metrics: Sequence[str]) -> str:
+    """The table of every rate point; the ``ms_ssim`` column is named by what was computed."""
     avail = _available_metrics(rows, metrics)
-    header = ["clip", "codec", "rate", "bytes", "bpp", "kbps"] + [METRIC_LABELS.get(m, m) for m in avail] + ["enc fps", "dec fps"]
+    labels = [_ssim_label(rows) if m == "ms_ssim" else METRIC_LABELS.get(m, m) for m in avail]
+    mixed = "MS-SSIM (SSIM where marked)" in labels
+    header = ["clip", "codec", "rate", "bytes", "bpp", "kbps"] + labels + ["enc fps", "dec fps"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         rate = f"q{r['rate']}" if r["rate_param"] == "quality" else f"crf {r['rate']}"
         cells = [r["clip"], CODEC_LABELS.get(r["codec"], r["codec"]), rate, str(r["bytes"]), f"{r['bpp']:.4f}", f"{r['kbps']:.1f}"]
         for m in avail:
-            cells.append(_fmt(r.get(m), _DIGITS.get(m, 4)) or "n/a")
+            text = _fmt(r.get(m), _DIGITS.get(m, 4)) or "n/a"
+            if m == "ms_ssim" and mixed and _single_scale(r):
+                text += " (SSIM)"
+            cells.append(text)
         cells += [f"{r['encode_fps']:.2f}", f"{r['decode_fps']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot_rd(rows: Sequence[dict], metrics: Sequence[str], out_dir: str) -> dict[str, str]:
-    """One PNG per available metric (``rd_<metric>.png``), a panel per clip, bpp on a log axis."""
+def bd_summary(bd: Sequence[dict], metrics: Sequence[str]) -> list[str]:
+    """A few lines for the terminal: BD-rate against each anchor on the first metric that has values
+    (PSNR-RGB by default), per tested codec and clip; the tables and their notes are in bd_rate.md."""
+    lines: list[str] = []
+    metric = next((m for m in metrics if any(e["metric"] == m and not e.get("unavailable") for e in bd)), None)
+    if metric is None:
+        return ["no BD-rate: no anchor (x265/x264) was evaluated, or no metric has values"]
+    name = METRIC_LABELS.get(metric, metric).split(" (")[0]
+    for anchor in dict.fromkeys(e["anchor"] for e in bd):
+        entries = [e for e in bd if e["anchor"] == anchor and e["metric"] == metric]
+        parts = []
+        for test in dict.fromkeys(e["test"] for e in entries):
+            cells = [f"{e['clip']} " + ("n/a" if e["bd_rate"] is None else f"{e['bd_rate']:+.1f} %") for e in entries if e["test"] == test]
+            parts.append(f"{CODEC_LABELS.get(test, test)} " + ", ".join(cells))
+        lines.append(f"BD-rate vs {CODEC_LABELS.get(anchor, anchor)} on {name} (negative = fewer bits): " + "; ".join(parts))
+    return lines
+
+
+def rd_figure(rows: Sequence[dict], metric: str):
+    """The RD plot of one metric: a panel per clip, bpp on a log axis, a line per codec. Returns the
+    matplotlib figure (Agg backend)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib import ticker
 
-    files = {}
     clips = list(dict.fromkeys(r["clip"] for r in rows))
     codecs = list(dict.fromkeys(r["codec"] for r in rows))
     styles = {"glvc": ("tab:red", "o"), "x264": ("tab:blue", "s"), "x265": ("tab:green", "^"), "svtav1": ("tab:purple", "D")}
+    fig, axes = plt.subplots(1, len(clips), figsize=(5.2 * len(clips), 4.2), squeeze=False)
+    for ax, clip in zip(axes[0], clips):
+        clip_rows = [r for r in rows if r["clip"] == clip]
+        for codec in codecs:
+            pts = sorted((r["bpp"], r[metric]) for r in clip_rows if r["codec"] == codec and r.get(metric) is not None)
+            if not pts:
+                continue
+            color, marker = styles.get(codec, (None, "o"))
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, label=CODEC_LABELS.get(codec, codec))
+        first = clip_rows[0]
+        ax.set_title(f"{clip} ({first['width']}x{first['height']}, {first['frames']} frames)", fontsize=10)
+        ax.set_xscale("log")
+        # a panel spanning more than 0.6 decade is labelled at 1, 2 and 5 times the powers of ten only:
+        # labelling every minor tick (3, 4, 6, 7, ...) ran the labels into each other there (RD curves
+        # from 0.002 to 0.06 bpp); a narrower one keeps every minor tick's label, or it could have none
+        low, high = ax.get_xlim()
+        subs = (2.0, 5.0) if math.log10(high / low) > 0.6 else tuple(float(k) for k in range(2, 10))
+        ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%.3g"))
+        ax.xaxis.set_minor_locator(ticker.LogLocator(base=10, subs=subs))
+        ax.xaxis.set_minor_formatter(ticker.FormatStrFormatter("%.3g"))
+        ax.tick_params(axis="x", which="minor", labelsize=7)
+        ax.set_xlabel("bits per pixel (log scale)")
+        label = METRIC_LABELS.get(metric, metric)
+        if metric == "ms_ssim" and any(_single_scale(r) for r in clip_rows):
+            label = "SSIM (frame < 161 px: no MS-SSIM)"
+        if metric in LOWER_IS_BETTER:
+            label += " (lower is better)"
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Rate-distortion: {METRIC_LABELS.get(metric, metric)}")
+    fig.tight_layout()
+    return fig
+
+
+def plot_rd(rows: Sequence[dict], metrics: Sequence[str], out_dir: str) -> dict[str, str]:
+    """One PNG per available metric (``rd_<metric>.png``, :func:`rd_figure`); returns {``rd_<metric>``: path}."""
+    import matplotlib.pyplot as plt
+
+    files = {}
     for m in _available_metrics(rows, metrics):
-        fig, axes = plt.subplots(1, len(clips), figsize=(5.2 * len(clips), 4.2), squeeze=False)
-        for ax, clip in zip(axes[0], clips):
-            clip_rows = [r for r in rows if r["clip"] == clip]
-            variant = {r.get("ms_ssim_variant") for r in clip_rows if r.get(m) is not None} if m == "ms_ssim" else set()
-            for codec in codecs:
-                pts = sorted((r["bpp"], r[m]) for r in clip_rows if r["codec"] == codec and r.get(m) is not None)
-                if not pts:
-                    continue
-                color, marker = styles.get(codec, (None, "o"))
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, label=CODEC_LABELS.get(codec, codec))
-            first = clip_rows[0]
-            ax.set_title(f"{clip} ({first['width']}x{first['height']}, {first['frames']} frames)", fontsize=10)
-            ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%.3g"))
-            ax.xaxis.set_minor_formatter(ticker.FormatStrFormatter("%.3g"))
-            ax.tick_params(axis="x", which="minor", labelsize=7)
-            ax.set_xlabel("bits per pixel (log scale)")
-            label = METRIC_LABELS.get(m, m)
-            if variant and variant != {"MS-SSIM"}:
-                label = "SSIM (frame < 161 px: no MS-SSIM)"
-            if m in LOWER_IS_BETTER:
-                label += " (lower is better)"
-            ax.set_ylabel(label)
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=8)
-        fig.suptitle(f"Rate-distortion: {METRIC_LABELS.get(m, m)}")
-        fig.tight_layout()
+        fig = rd_figure(rows, m)
         path = os.path.join(out_dir, f"rd_{m}.png")
         fig.savefig(path, dpi=110)
         plt.close(fig)
@@ -206,9 +280,12 @@ def plot_rd(rows: Sequence[dict], metrics: Sequence[str], out_dir: str) -> dict[
     return files
 
 
-def write_outputs(out_dir: str, rows: Sequence[dict], bd: Sequence[dict], cfg: EvalConfig, config: dict, elapsed: float) -> dict[str, str]:
+def write_outputs(out_dir: str, rows: Sequence[dict], bd: Sequence[dict], config: dict, elapsed: float) -> dict[str, str]:
+    """Write every output file into ``out_dir``; ``config`` is the run's record (``glvc.evaluate``:
+    its ``metrics``, ``baseline_mode`` and ``byte_count`` shape the files). Returns {kind: path}."""
     files: dict[str, str] = {}
-    cols = _columns(cfg.metrics)
+    metrics = config["metrics"]
+    cols = _columns(metrics)
     csv_path = os.path.join(out_dir, "eval.csv")
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
@@ -226,7 +303,7 @@ def write_outputs(out_dir: str, rows: Sequence[dict], bd: Sequence[dict], cfg: E
             writer.writerow(out)
     files["csv"] = csv_path
 
-    unavailable = _unavailable_reasons(rows, cfg.metrics)
+    unavailable = _unavailable_reasons(rows, metrics)
     json_path = os.path.join(out_dir, "eval.json")
     with open(json_path, "w") as f:
         json.dump(
@@ -237,7 +314,7 @@ def write_outputs(out_dir: str, rows: Sequence[dict], bd: Sequence[dict], cfg: E
         )
     files["json"] = json_path
 
-    bd_md = bd_markdown(bd, cfg.metrics) if bd else "No BD-rate anchors (x265/x264) were evaluated.\n"
+    bd_md = bd_markdown(bd, metrics) if bd else "No BD-rate anchors (x265/x264) were evaluated.\n"
     bd_path = os.path.join(out_dir, "bd_rate.md")
     with open(bd_path, "w") as f:
         f.write("# Bjontegaard deltas\n\n")
@@ -246,7 +323,7 @@ def write_outputs(out_dir: str, rows: Sequence[dict], bd: Sequence[dict], cfg: E
         f.write(bd_md)
     files["bd_markdown"] = bd_path
 
-    files.update(plot_rd(rows, cfg.metrics, out_dir))
+    files.update(plot_rd(rows, metrics, out_dir))
 
     md = ["# GLVC evaluation", ""]
     if config.get("command"):
@@ -259,9 +336,9 @@ def write_outputs(out_dir: str, rows: Sequence[dict], bd: Sequence[dict], cfg: E
         + f" on {config['machine']['cpus']} CPU(s) ({config['machine']['torch_threads']} torch threads, "
         f"load average at the end {config['machine']['load_average_1_5_15min_at_end']}). "
         f"Model: `{config.get('model')}` (fingerprint {config.get('model_fingerprint')}). "
-        f"Baseline CRFs: `{cfg.baseline_mode}` mode, byte count `{cfg.count}`."
+        f"Baseline CRFs: `{config['baseline_mode']}` mode, byte count `{config['byte_count']}`."
     )
-    md += ["", "## Rate points", "", points_markdown(rows, cfg.metrics), "", "## Bjontegaard deltas", "", _conventions_text(), bd_md]
+    md += ["", "## Rate points", "", points_markdown(rows, metrics), "", "## Bjontegaard deltas", "", _conventions_text(), bd_md]
     if unavailable:
         md += ["## Unavailable metrics", ""]
         for m, reasons in unavailable.items():

@@ -187,8 +187,105 @@ def test_eval_cli_baselines_only_on_video(tmp_path, capsys):
     ]
     assert (out / "rd_psnr.png").exists()
     printed = capsys.readouterr().out
-    assert "BD-rate vs x265" in printed and "6 rows" in printed
+    # a short summary and the paths, not the whole of bd_rate.md
+    bd = {(e["anchor"], e["test"]): "n/a" if e["bd_rate"] is None else f"{e['bd_rate']:+.1f} %"
+          for e in data["bd"] if e["metric"] == "psnr"}
+    assert printed.splitlines()[:4] == [
+        "6 rate points (1 clip(s): tiny; codecs: x264, x265) in " + printed.splitlines()[0].split(" in ")[-1],
+        f"BD-rate vs x265 on PSNR-RGB (negative = fewer bits): x264 tiny {bd['x265', 'x264']}",
+        f"BD-rate vs x264 on PSNR-RGB (negative = fewer bits): x265 tiny {bd['x264', 'x265']}",
+        f"all BD tables and their notes: {out / 'bd_rate.md'}; wrote:",
+    ]
+    assert "###" not in printed and "Notes:" not in printed and f"  {out / 'eval.json'}" in printed.splitlines()
     assert cli.main(["eval", str(tmp_path / "missing.mp4"), "--codecs", "x264", "--out", str(out), "--quiet"]) == 2
+
+
+def test_eval_says_how_to_build_the_validation_set(tmp_path, capsys):
+    missing = str(tmp_path / "data" / "val_set")
+    assert cli.main(["eval", missing, "--codecs", "x264", "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: no such clip or folder: {missing}; the validation set is not in the repository: "
+                          f"`python -m glvc.data.prepare --val-out {missing}` builds it")
+    assert "downloads" in err and not (tmp_path / "out").exists()
+
+
+def test_unavailable_reasons_are_portable_and_one_footnote(monkeypatch, tmp_path):
+    """The same missing backbone, asked at different moments, reads the same on every row: one
+    footnote, with the home folder as ~ and no "N s ago" (they made 6 different footnotes per table)."""
+    from glvc.evaluate import _metric_fields
+    from glvc.metrics import MetricValue
+    from glvc.rd import compute_bd
+    from glvc.report import bd_markdown, portable_note
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    hub = f"{tmp_path}/.cache/torch/hub/checkpoints/alexnet-owt-7be5be79.pth"
+    rows = []
+    for k, (codec, bpp, psnr) in enumerate([("x264", 0.01, 30.0), ("x264", 0.02, 33.0), ("x264", 0.04, 36.0),
+                                             ("x265", 0.008, 30.5), ("x265", 0.016, 33.5), ("x265", 0.032, 36.5)]):
+        why = (f"ImageNet alexnet weights not found: no {hub} and $GLVC_ALEXNET_WEIGHTS unset; download from "
+               f"https://download.pytorch.org/models/alexnet-owt-7be5be79.pth failed {200 + 11 * k} s ago "
+               f"(gaierror: [Errno -2] Name or service not known); no new try for {400 - 11 * k} s")
+        results = {"psnr": MetricValue("PSNR", psnr), "lpips": MetricValue("LPIPS", None, unavailable_reason=why)}
+        rows.append({"clip": "bikes", "codec": codec, "bpp": bpp, **_metric_fields(results, ["psnr", "lpips"])})
+    assert {r["lpips_unavailable"] for r in rows} == {
+        "ImageNet alexnet weights not found: no ~/.cache/torch/hub/checkpoints/alexnet-owt-7be5be79.pth and "
+        "$GLVC_ALEXNET_WEIGHTS unset; download from https://download.pytorch.org/models/alexnet-owt-7be5be79.pth "
+        "failed (gaierror: [Errno -2] Name or service not known)"
+    }
+    md = bd_markdown(compute_bd(rows, ["psnr", "lpips"], anchors=["x265"]), ["psnr", "lpips"])
+    notes = [line for line in md.splitlines() if "unavailable:" in line]
+    assert len(notes) == 1 and notes[0].count("ImageNet alexnet") == 1, notes
+    # paths inside the repository are written relative to it; "(started N s ago)" goes too
+    inside = os.path.join(ROOT, "weights", "vgg.pth")
+    assert portable_note(f"no {inside}; still downloading x (started 3 s ago)") == "no weights/vgg.pth; still downloading x"
+
+
+def _rows(clip: str, width: int, height: int, variant: str) -> list[dict]:
+    """RD rows shaped like docs/results' bikes/carphone: bpp from 0.0023 to 0.06."""
+    rows = []
+    for codec, points in (("glvc", [0.0023, 0.0053, 0.0109, 0.0227, 0.0404]), ("x265", [0.0037, 0.0057, 0.0092, 0.018, 0.0598])):
+        for i, bpp in enumerate(points):
+            rows.append({"clip": clip, "codec": codec, "rate_param": "quality" if codec == "glvc" else "crf", "rate": i,
+                         "frames": 33, "width": width, "height": height, "bytes": 100 + i, "bpp": bpp, "kbps": 1.0 + i,
+                         "psnr": 20.0 + 3 * i, "ms_ssim": 0.5 + 0.1 * i, "ms_ssim_variant": variant,
+                         "encode_fps": 1.0, "decode_fps": 1.0})
+    return rows
+
+
+SSIM_VARIANT = "SSIM (frame too small for MS-SSIM: 144x176, needs >= 161 px per side)"
+
+
+def test_rate_table_names_what_was_computed():
+    from glvc.report import points_markdown
+
+    mixed = points_markdown(_rows("bikes", 640, 272, "MS-SSIM") + _rows("carphone", 176, 144, SSIM_VARIANT), ["psnr", "ms_ssim"])
+    header, _, *lines = mixed.splitlines()
+    assert "| MS-SSIM (SSIM where marked) |" in header
+    assert all(line.split(" | ")[7].endswith("(SSIM)") == line.startswith("| carphone") for line in lines)
+    only_ssim = points_markdown(_rows("carphone", 176, 144, SSIM_VARIANT), ["ms_ssim"])
+    assert "| SSIM |" in only_ssim.splitlines()[0] and "(SSIM)" not in only_ssim
+    assert "| MS-SSIM |" in points_markdown(_rows("bikes", 640, 272, "MS-SSIM"), ["ms_ssim"]).splitlines()[0]
+
+
+def test_rd_plot_tick_labels_do_not_overlap():
+    """At low bpp a decade is narrow: every minor tick's label (0.003, 0.004, ...) ran into the next."""
+    import matplotlib.pyplot as plt
+
+    from glvc.report import rd_figure
+
+    narrow = [dict(r, clip="narrow", bpp=0.006 + 0.0005 * r["rate"]) for r in _rows("bikes", 640, 272, "MS-SSIM")]
+    fig = rd_figure(_rows("bikes", 640, 272, "MS-SSIM") + _rows("carphone", 176, 144, SSIM_VARIANT) + narrow, "psnr")
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            boxes = sorted((label.get_window_extent(renderer) for label in ax.xaxis.get_ticklabels(which="both")
+                            if label.get_visible() and label.get_text()), key=lambda b: b.x0)
+            assert len(boxes) >= 3
+            gaps = [b.x0 - a.x1 for a, b in zip(boxes, boxes[1:])]
+            assert min(gaps) > 0, [label.get_text() for label in ax.xaxis.get_ticklabels(which="both")]
+    finally:
+        plt.close(fig)
 
 
 def test_bench_smoke(tiny_model_dir, tmp_path, capsys):
@@ -228,9 +325,10 @@ def test_bench_smoke(tiny_model_dir, tmp_path, capsys):
 def test_eval_match_mode_and_max_height(tiny_model_dir, frame_clip, tmp_path):
     cfg = EvalConfig(
         codecs=("glvc", "x264"), glvc_rates=(0, 63), baseline_mode="match", metrics=("psnr",),
-        max_frames=5, max_height=32, progress=False, warmup=False,
+        max_frames=5, max_height=32, progress=False, warmup=False, engine="reference",
     )
     result = run_eval([frame_clip], str(tmp_path / "match"), cfg, model=tiny_model_dir)
+    assert result.config["tokenizer_engine"] == "reference"
     glvc = [r for r in result.rows if r["codec"] == "glvc"]
     x264 = [r for r in result.rows if r["codec"] == "x264"]
     assert all((r["width"], r["height"], r["frames"]) == (32, 32, 5) for r in result.rows)
