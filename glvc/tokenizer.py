@@ -179,7 +179,8 @@ class Tokenizer:
         **kwargs,
     ) -> "Tokenizer":
         """Load from a local folder or a Hub id, e.g. ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``, subfolder ``vae``."""
-        vae = AutoencoderKLWan.from_pretrained(name_or_path, subfolder=subfolder, torch_dtype=torch.float32, **kwargs)
+        vae = AutoencoderKLWan.from_pretrained(name_or_path, subfolder=subfolder, torch_dtype=torch.float32,
+            low_cpu_mem_usage=False, **kwargs)  # without accelerate: the same, minus diffusers' notice
         return cls(vae, device=device, dtype=dtype, engine=engine)
 
     def with_engine(self, engine: str) -> "Tokenizer":

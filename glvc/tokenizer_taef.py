@@ -154,7 +154,8 @@ class FrameTokenizer:
     @classmethod
     def from_pretrained(cls, name_or_path: str, subfolder: str | None = None, device: str | torch.device = "cpu",
                         dtype: torch.dtype = torch.float32, engine: str | None = None, **kwargs) -> "FrameTokenizer":
-        vae = TinyAutoencoder.from_pretrained(name_or_path, subfolder=subfolder, torch_dtype=torch.float32, **kwargs)
+        vae = TinyAutoencoder.from_pretrained(name_or_path, subfolder=subfolder, torch_dtype=torch.float32,
+            low_cpu_mem_usage=False, **kwargs)  # without accelerate: the same, minus diffusers' notice
         return cls(vae, device=device, dtype=dtype, engine=engine)
 
     def with_engine(self, engine: str) -> "FrameTokenizer":
