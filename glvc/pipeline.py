@@ -211,16 +211,21 @@ class GLVC:
         ``engine`` is the tokenizer's inference engine (:data:`glvc.tokenizer.ENGINES`, default
         :func:`glvc.tokenizer.default_engine`); it changes pixels within float rounding, never the bitstream.
 
-        A ``glvc.json`` beside them may name the tokenizer elsewhere, e.g.
-        ``{"tokenizer": {"name_or_path": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "subfolder": "vae"}}``.
+        A ``glvc.json`` beside them says how the model was trained (``tokenizer_segment``) and may name the
+        tokenizer elsewhere, e.g. ``{"tokenizer": {"name_or_path": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "subfolder":
+        "vae"}}``. A local folder without one is refused (it would load with segment 0 whatever the model was
+        trained with); a Hub repository without one loads with the defaults.
         """
         try:
             config = {}
             if os.path.isdir(name_or_path):
                 path = os.path.join(name_or_path, GLVC_CONFIG_NAME)
-                if os.path.isfile(path):
-                    with open(path) as f:
-                        config = json.load(f)
+                if not os.path.isfile(path):
+                    raise ValueError(f"{path} is missing: add one with the tokenizer_segment the model was trained with (the "
+                                     "training config's tokenizer_segment, else its codec.latent_cache.segment, else 0), "
+                                     'e.g. {"tokenizer_segment": 3} as in glvc/pretrained/default')
+                with open(path) as f:
+                    config = json.load(f)
             else:
                 from huggingface_hub import hf_hub_download
                 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError

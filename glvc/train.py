@@ -20,15 +20,33 @@ The exported model (``<output_dir>/model``) is a complete GLVC folder, like the 
 (the tokenizer source and ``tokenizer_segment``) and ``rate_table.json`` (bits per pixel measured at
 the config's ``rate_table`` qualities on the example clips, :mod:`glvc.ratetable`). Files get the
 modes of the umask (safetensors alone writes 0600).
+
+Stopping and resuming. SIGINT (Ctrl-C) and SIGTERM (``timeout``, a scheduler) stop a stage with a
+checkpoint: a signal during a step's forward and backward passes abandons that step at once (no
+weight has changed yet), one during the optimiser updates, logging or a checkpoint lets that finish
+first; a second Ctrl-C stops at once without a checkpoint. A checkpoint holds the step, the training
+time, every model and optimiser state and the random state of each rank (python ``random``, torch's
+generators, the data sampler's), so a resumed stage draws the samples it would have drawn; on
+resume the stage's log is cut back to the checkpoint's step. A run folder that this invocation
+made and that holds nothing to resume (no checkpoint, cache or export) is removed when it fails.
+
+What a stage exports or caches is checked before it is written and again before a rerun reuses it
+(weights and latent statistics finite, a latent cache of the shape its spec gives, made by this very
+tokenizer and engine); a checkpoint whose weights are not finite is never written. A refusal names
+the file to delete.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
 import random
+import shutil
+import signal
+import threading
 import time
 from contextlib import nullcontext
 
@@ -40,11 +58,13 @@ from torch import nn
 from .defaults import normal_file_modes
 
 DEFAULT_CONFIG = {
+    "description": None,  # free text: what the config is for and what hardware it is sized for (not used)
     "output_dir": "runs/default",
     "seed": 0,
     "amp": "bf16",  # bf16 autocast on CUDA; ignored on CPU
     "log_every": 20,
     "checkpoint_every": 200,
+    "progress_seconds": 60,  # a progress line (not a log row) when this long passed without a line
     "max_minutes": None,  # pause (checkpointed, resumable) after this wall time in one run
     # latent frames per tokenizer segment, written to the model's glvc.json (GLVC.segment; 0: the whole
     # clip in one causal pass); None: the codec's latent_cache "segment" if it has one, else 0
@@ -148,6 +168,109 @@ class Runtime:
         dist.all_reduce(t)
         return t.item() / self.world
 
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is True on one."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def gather(self, obj) -> list:
+        """``obj`` of every rank, in rank order (on every rank)."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+
+# ---------------------------------------------------------------------------- stopping on a signal
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by SIGINT or SIGTERM (``signum``). A KeyboardInterrupt, so that callers that
+    stop on Ctrl-C (the command line: status 130) stop on it too. ``forced``: a second Ctrl-C, no
+    checkpoint; ``reported``: the line saying what was saved has been printed."""
+
+    def __init__(self, signum: int, forced: bool = False):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.forced, self.reported = signum, forced, False
+
+
+class Interrupts:
+    """SIGINT and SIGTERM handlers for the duration of a training run (a ``with`` block; installed only
+    in the main thread, the only one Python delivers signals to).
+
+    A signal raises :class:`TrainingInterrupted` at once while ``abortable`` is True (between steps'
+    critical parts, see :func:`run_stage`), else it is kept in ``received`` for the loop to act on at
+    the end of the step. A second SIGINT raises at once either way; a later SIGTERM is ignored (torchrun
+    sends one to its workers after the terminal's SIGINT reached them)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: int | None = None
+        self.abortable = True
+        self._previous: dict = {}
+
+    def __enter__(self) -> "Interrupts":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:
+            if signum == signal.SIGINT:  # Ctrl-C again: the user does not want to wait
+                raise TrainingInterrupted(signum, forced=True)
+            return  # e.g. torchrun's SIGTERM after the terminal's SIGINT: already stopping
+        self.received = signum
+        if self.abortable:
+            raise TrainingInterrupted(signum)
+
+    def critical(self, *args) -> None:
+        """From here to the end of the step a signal waits (an optimiser's step pre-hook calls this)."""
+        self.abortable = False
+
+    def allow(self) -> None:
+        """Signals act at once again; one received while they waited raises now."""
+        self.abortable = True
+        if self.received is not None:
+            raise TrainingInterrupted(self.received)
+
+
+def rng_state(data, device: torch.device) -> dict:
+    """Every random state a training step draws from: python ``random``, torch's CPU (and this CUDA
+    device's) generator, and the data sampler's (:meth:`glvc.data.dataset.TrainSet.rng_state`)."""
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    if data is not None:
+        state["data"] = data.rng_state()
+    return state
+
+
+def set_rng_state(state: dict, data, device: torch.device) -> None:
+    """Restore what :func:`rng_state` returned."""
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+    if data is not None and "data" in state:
+        data.set_rng_state(state["data"])
+
+
+def non_finite(state: dict) -> list[str]:
+    """Names of the floating-point tensors of a state dict that hold NaN or inf."""
+    return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+def _names(names: list[str], most: int = 3) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
 
 def autocast(rt: Runtime, cfg: dict):
     if rt.device.type == "cuda" and cfg.get("amp") == "bf16":
@@ -207,6 +330,33 @@ class Logger:
     def __init__(self, directory: str, enabled: bool):
         self.enabled = enabled
         self.directory = directory
+
+    def truncate(self, stage: str, step: int) -> None:
+        """Drop the rows after ``step`` (logged by a run that stopped before its next checkpoint), so that
+        a resumed stage does not log those steps a second time with other values."""
+        path = os.path.join(self.directory, f"log_{stage}.csv")
+        if not self.enabled or not os.path.isfile(path):
+            return
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        if not rows:
+            return
+        column = rows[0].index("step") if "step" in rows[0] else 1
+
+        def kept(row: list[str]) -> bool:
+            try:
+                return len(row) == len(rows[0]) and int(float(row[column])) <= step
+            except ValueError:  # a row cut short by a forced stop
+                return False
+
+        body = [row for row in rows[1:] if kept(row)]
+        if len(body) == len(rows) - 1:
+            return
+        with open(path + ".tmp", "w", newline="") as f:
+            csv.writer(f).writerows([rows[0], *body])
+        os.replace(path + ".tmp", path)
+        print(f"{stage}: {path}: {len(rows) - 1 - len(body)} rows after step {step} removed (logged after the last "
+              "checkpoint; those steps run again)", flush=True)
 
     def log(self, stage: str, step: int, seconds: float, **values):
         """``seconds``: the stage's training time so far, over all resumes (StageClock.elapsed)."""
@@ -296,53 +446,137 @@ class _CodecUnroll(nn.Module):
         return bits, mse / z.shape[2]
 
 
-def run_stage(name: str, scfg: dict, cfg: dict, rt: Runtime, logger: Logger, ckpt_path: str, modules: dict, step_fn) -> bool:
-    """The loop both stages share: resume, step, log, checkpoint, stop on steps/minutes.
-
-    ``modules`` maps names to objects with ``state_dict``/``load_state_dict`` (models and
-    optimisers) saved in the checkpoint; ``step_fn(step, progress)`` runs one optimisation
-    step and returns the values to log. Returns True when the stage is complete, False when
-    the session-wide ``max_minutes`` stopped it first (rerun to resume).
-    """
-    step, elapsed = 0, 0.0
-    if os.path.isfile(ckpt_path):
-        ckpt = torch.load(ckpt_path, map_location=rt.device, weights_only=False)
+def load_checkpoint(name: str, ckpt_path: str, modules: dict, device) -> dict:
+    """Load a stage's checkpoint into ``modules``; refuse, naming the file to delete, one that cannot be
+    read, does not fit these modules, or holds weights that are not finite."""
+    try:
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+    except Exception as err:  # a truncated or foreign file: zip, pickle and EOF errors
+        raise RuntimeError(f"{name}: the checkpoint {ckpt_path} cannot be read ({str(err).splitlines()[0]}): "
+                           "delete it to train the stage from the start") from err
+    bad = non_finite(ckpt.get("model", {}))
+    if bad:
+        raise RuntimeError(f"{name}: the checkpoint {ckpt_path} (step {ckpt.get('step')}) holds weights that are not "
+                           f"finite ({_names(bad)}): delete it to train the stage from the start")
+    try:
         for key, module in modules.items():
             module.load_state_dict(ckpt[key])
+    except (KeyError, RuntimeError, ValueError) as err:
+        raise RuntimeError(f"{name}: the checkpoint {ckpt_path} does not fit this config's {name} "
+                           f"({str(err).splitlines()[0]}): use another --output-dir, or delete it to train the stage "
+                           "from the start") from err
+    return ckpt
+
+
+def run_stage(name: str, scfg: dict, cfg: dict, rt: Runtime, logger: Logger, ckpt_path: str, modules: dict, step_fn,
+              data=None, interrupts: Interrupts | None = None) -> bool:
+    """The loop both stages share: resume, step, log, checkpoint, stop on steps/minutes or a signal.
+
+    ``modules`` maps names to objects with ``state_dict``/``load_state_dict`` (models and
+    optimisers; ``"model"``'s weights must stay finite) saved in the checkpoint; ``step_fn(step,
+    progress)`` runs one optimisation step and returns the values to log; ``data`` is the sampler
+    whose random state the checkpoint keeps. Returns True when the stage is complete, False when
+    the session-wide ``max_minutes`` stopped it first (rerun to resume). On a signal (``interrupts``,
+    see the module docstring) it saves a checkpoint and raises :class:`TrainingInterrupted`.
+    """
+    interrupts = interrupts or Interrupts()  # not entered: no handlers, nothing received
+    interrupts.abortable = False  # until a step's forward pass: a signal is acted on at the first step's end
+    step, elapsed = 0, 0.0
+    if os.path.isfile(ckpt_path):
+        ckpt = load_checkpoint(name, ckpt_path, modules, rt.device)
         step, elapsed = ckpt["step"], ckpt.get("elapsed", 0.0)
+        states = ckpt.get("rng")
+        if states is not None and len(states) == rt.world:
+            set_rng_state(states[rt.rank], data, rt.device)
+        elif rt.main:
+            had = f"{len(states)} ranks" if states is not None else "no random state (an older checkpoint)"
+            print(f"{name}: note: the checkpoint has {had}, this run {rt.world}: sampling starts afresh from the seed",
+                  flush=True)
+    if rt.main:
+        logger.truncate(name, step)
     clock = StageClock(scfg, step, elapsed)
-    session_start = time.time()
+    session_start, session_step, session_elapsed = time.time(), step, elapsed
     if rt.main:
         where = f"resumed at step {step} ({elapsed / 60:.1f} min trained)" if step else "starting"
         budget = f" or {scfg['minutes']:g} min of training" if scfg.get("minutes") else ""
         pause = f"; this run pauses after {cfg['max_minutes']:g} min" if cfg.get("max_minutes") else ""
         print(f"{name}: {where}; runs to step {clock.steps}{budget}, whichever comes first{pause}; "
-              f"a log line every {cfg['log_every']} steps, a checkpoint every {cfg['checkpoint_every']}", flush=True)
+              f"a log line every {cfg['log_every']} steps, a checkpoint every {cfg['checkpoint_every']}; "
+              "Ctrl-C saves a checkpoint and stops", flush=True)
 
-    def save():
+    def save(at_step: int, at_elapsed: float, rng: dict):
+        bad = non_finite(modules["model"].state_dict())  # every rank: the weights are the same on all
+        if bad:
+            kept = f"the last checkpoint {ckpt_path} is kept" if os.path.isfile(ckpt_path) else "no checkpoint was written"
+            raise RuntimeError(f"{name}: the weights are not finite at step {at_step} ({_names(bad)}): training diverged; "
+                               f"{kept}. Lower {name}.lr (now {scfg['lr']:g}) and run again (delete {ckpt_path} to start "
+                               "the stage afresh)")
+        states = rt.gather(rng)
         if rt.main:
             state = {key: module.state_dict() for key, module in modules.items()}
-            state.update(step=clock.step, elapsed=clock.elapsed)
+            state.update(step=at_step, elapsed=at_elapsed, rng=states)
             torch.save(state, ckpt_path + ".tmp")
             os.replace(ckpt_path + ".tmp", ckpt_path)
         rt.barrier()
+        return at_step
 
-    while not clock.done:
-        values = step_fn(clock.step, clock.progress)
-        clock.step += 1
-        if clock.step % cfg["log_every"] == 0 or clock.done:
-            logger.log(name, clock.step, clock.elapsed, **{k: rt.mean(v) for k, v in values.items()})
-        paused = bool(cfg.get("max_minutes")) and time.time() - session_start > 60 * cfg["max_minutes"]
-        if clock.step % cfg["checkpoint_every"] == 0 or clock.done or paused:
-            save()
-        if paused and not clock.done:
-            if rt.main:
-                print(f"{name}: paused at step {clock.step} (max_minutes); rerun to resume", flush=True)
-            return False
+    def stopped(signum: int, at_step: int, at_elapsed: float) -> TrainingInterrupted:
+        err = TrainingInterrupted(signum)
+        if rt.main:
+            print(f"{name}: stopped by {signal.Signals(signum).name} at step {at_step} ({at_elapsed / 60:.1f} min trained); "
+                  f"checkpoint {ckpt_path}: run the same command to resume from there", flush=True)
+            err.reported = True
+        return err
+
+    # an optimiser about to change weights ends the part of a step that a signal may abandon
+    hooks = [m.register_step_pre_hook(interrupts.critical) for m in modules.values() if isinstance(m, torch.optim.Optimizer)]
+    saved_step, done_elapsed, last_line = None, elapsed, time.monotonic()
+    try:
+        while not clock.done:
+            rng_before = rng_state(data, rt.device)
+            interrupts.abortable = rt.world == 1 and bool(hooks)  # under DDP every rank stops at the same step end
+            try:
+                values = step_fn(clock.step, clock.progress)
+            except TrainingInterrupted as err:
+                if err.forced:
+                    raise
+                # abandoned in its forward/backward passes: no weight, optimiser state or EMA changed
+                interrupts.abortable = False
+                save(clock.step, done_elapsed, rng_before)
+                raise stopped(err.signum, clock.step, done_elapsed) from None
+            finally:
+                interrupts.abortable = False
+            clock.step += 1
+            done_elapsed = clock.elapsed
+            if clock.step % cfg["log_every"] == 0 or clock.done:
+                logger.log(name, clock.step, done_elapsed, **{k: rt.mean(v) for k, v in values.items()})
+                last_line = time.monotonic()
+            elif rt.main and time.monotonic() - last_line >= cfg.get("progress_seconds", 60):
+                pace = (done_elapsed - session_elapsed) / (clock.step - session_step)
+                print(f"{name}: step {clock.step} of {clock.steps} ({done_elapsed / 60:.1f} min trained, {pace:.1f} s a step); "
+                      f"next log line at step {(clock.step // cfg['log_every'] + 1) * cfg['log_every']}, next checkpoint "
+                      f"at step {(clock.step // cfg['checkpoint_every'] + 1) * cfg['checkpoint_every']}", flush=True)
+                last_line = time.monotonic()
+            paused = bool(cfg.get("max_minutes")) and time.time() - session_start > 60 * cfg["max_minutes"]
+            if clock.step % cfg["checkpoint_every"] == 0 or clock.done or paused:
+                saved_step = save(clock.step, done_elapsed, rng_state(data, rt.device))
+            if rt.any(interrupts.received is not None):
+                if saved_step != clock.step:
+                    saved_step = save(clock.step, done_elapsed, rng_state(data, rt.device))
+                raise stopped(interrupts.received or signal.SIGTERM, clock.step, done_elapsed)
+            if paused and not clock.done:
+                if rt.main:
+                    print(f"{name}: paused at step {clock.step} (max_minutes); rerun to resume", flush=True)
+                interrupts.abortable = True
+                return False
+    finally:
+        for hook in hooks:
+            hook.remove()
+    interrupts.allow()
     return True
 
 
-def train_tokenizer(cfg: dict, rt: Runtime, data, logger: Logger):
+def train_tokenizer(cfg: dict, rt: Runtime, data, logger: Logger, interrupts: Interrupts | None = None):
     """Stage 1. Returns the trained VAE (eval mode, latent statistics set), or None if paused."""
     from diffusers import AutoencoderKLWan
 
@@ -353,10 +587,13 @@ def train_tokenizer(cfg: dict, rt: Runtime, data, logger: Logger):
         if rt.main:
             print(f"tokenizer: pretrained ({src['name_or_path']}), not trained", flush=True)
         return AutoencoderKLWan.from_pretrained(src["name_or_path"], subfolder=src.get("subfolder"), torch_dtype=torch.float32)
+    ckpt_path = os.path.join(cfg["output_dir"], "tokenizer.pt")
     if os.path.isfile(os.path.join(out, "config.json")):
+        vae = load_export("tokenizer", out, ckpt_path, lambda: AutoencoderKLWan.from_pretrained(out, torch_dtype=torch.float32),
+                          tokenizer_export_problems)
         if rt.main:
             print(f"tokenizer: already trained and exported to {out}: skipped (remove that folder to train it again)", flush=True)
-        return AutoencoderKLWan.from_pretrained(out, torch_dtype=torch.float32)
+        return vae
     torch.manual_seed(cfg["seed"])
     if tcfg.get("init_from"):  # fine-tune an exported tokenizer (e.g. on longer clips)
         vae = AutoencoderKLWan.from_pretrained(tcfg["init_from"], torch_dtype=torch.float32).to(rt.device).train()
@@ -409,19 +646,82 @@ def train_tokenizer(cfg: dict, rt: Runtime, data, logger: Logger):
                     d_loss=d_loss.item(), psnr=psnr(x_hat, x), lr=lr, frames=x.shape[2])
 
     modules = {"model": vae, "disc": disc, "opt": opt, "opt_d": opt_d, **({"ema": ema} if ema is not None else {})}
-    if not run_stage("tokenizer", tcfg, cfg, rt, logger, os.path.join(cfg["output_dir"], "tokenizer.pt"), modules, step_fn):
+    if not run_stage("tokenizer", tcfg, cfg, rt, logger, ckpt_path, modules, step_fn, data, interrupts):
         return None
     if ema is not None:  # export the average (Cosmos and others train with an EMA of the weights)
         vae.load_state_dict(ema.module.state_dict())
     vae.eval()
-    set_latent_statistics(vae, data, tcfg, rt)
     if rt.main:
-        # float16 weights: half the size; loaded back as float32 (the values are exactly representable)
-        vae.to(torch.float16).save_pretrained(out)
-        vae.to(torch.float32)
-        normal_file_modes(out)
+        print(f"tokenizer: measuring the latent statistics on {tcfg['stats_batches']} batches", flush=True)
+    set_latent_statistics(vae, data, tcfg, rt)
+    # float16 weights: half the size; loaded back as float32 (exact, unless a weight overflows float16: checked)
+    vae.to(torch.float16)
+    problems = tokenizer_export_problems(vae) if rt.main else []
+    if rt.any(bool(problems)):
+        raise RuntimeError(f"tokenizer: not exported to {out}: {'; '.join(problems) or 'see rank 0'}. These weights are "
+                           f"{ckpt_path}'s: delete it to train the stage again (a lower tokenizer.lr than "
+                           f"{tcfg['lr']:g} may avoid this)")
+    if rt.main:
+        save_export(vae, out)
+    vae.to(torch.float32)
     rt.barrier()
     return AutoencoderKLWan.from_pretrained(out, torch_dtype=torch.float32).to(rt.device)
+
+
+def save_export(module, out: str) -> None:
+    """``module.save_pretrained(out)``, written whole or not at all (into ``<out>.partial``, then renamed),
+    with the umask's file modes."""
+    partial = out + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    module.save_pretrained(partial)
+    normal_file_modes(partial)
+    if os.path.isdir(out):  # what an older, interrupted export left (no config.json, or refused)
+        shutil.rmtree(out)
+    os.replace(partial, out)
+
+
+def tokenizer_export_problems(vae) -> list[str]:
+    """Why an exported tokenizer cannot be used: weights that are not finite, ``latents_mean``/``latents_std``
+    that are not finite, not one per latent channel (``z_dim``), or a std <= 0. Empty when usable."""
+    problems = []
+    bad = non_finite(vae.state_dict())
+    if bad:
+        problems.append(f"weights not finite ({_names(bad)})")
+    channels = getattr(vae.config, "z_dim", None)
+    for key in ("latents_mean", "latents_std"):
+        values = getattr(vae.config, key, None)
+        if values is None:
+            continue
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+        if channels is not None and t.numel() != channels:
+            problems.append(f"{key} has {t.numel()} values for {channels} latent channels")
+        if not torch.isfinite(t).all():
+            problems.append(f"{key} has {int((~torch.isfinite(t)).sum())} of {t.numel()} values not finite: "
+                            f"{[round(v, 5) for v in t.tolist()][:4]}...")
+        elif key == "latents_std" and (t <= 0).any():
+            problems.append(f"latents_std has values <= 0: {t.min().item():g}")
+    return problems
+
+
+def codec_export_problems(codec) -> list[str]:
+    """Why an exported latent codec cannot be used: weights that are not finite. Empty when usable."""
+    bad = non_finite(codec.state_dict())
+    return [f"weights not finite ({_names(bad)})"] if bad else []
+
+
+def load_export(name: str, out: str, ckpt_path: str, load, problems_of):
+    """A stage's export for a rerun to reuse: ``load()`` it and check it with ``problems_of``; refuse,
+    saying what to delete, one that cannot be loaded or used."""
+    redo = (f"delete it to export the stage again from its checkpoint {ckpt_path}" if os.path.isfile(ckpt_path)
+            else "delete it to train the stage again")
+    try:
+        module = load()
+    except Exception as err:  # a half-written folder: missing weights, a broken config
+        raise RuntimeError(f"{name}: the export {out} cannot be loaded ({str(err).splitlines()[0]}): {redo}") from err
+    problems = problems_of(module)
+    if problems:
+        raise RuntimeError(f"{name}: the export {out} is not usable ({'; '.join(problems)}): {redo}")
+    return module
 
 
 @torch.no_grad()
@@ -445,37 +745,100 @@ class LatentCache:
     """Tokenizer latents computed once, for codec training where the tokenizer dominates the cost (CPU).
 
     Built from ``samples`` clips of ``frames`` x ``size`` px from the training sampler and saved to
-    ``latents.pt``; ``sample`` draws random ``crop`` x ``crop`` latent windows with random flips:
+    ``latents.pt`` with what made them (the spec's ``samples``, ``frames``, ``size``, ``segment``, a
+    digest of the tokenizer's config and weights, its engine); a rerun reuses the file only when all of
+    these match and the latents are finite and of the shape they give, and otherwise refuses, naming the
+    file to delete. ``sample`` draws random ``crop`` x ``crop`` latent windows with random flips:
     (B, C, T', crop, crop) float32.
     """
+
+    FORMAT = 1  # latents.pt: {"format", "latents", "spec", "tokenizer_sha256", "engine"}; a bare tensor before
 
     def __init__(self, latents: torch.Tensor, crop: int, device):
         self.latents = latents  # (N, C, T', h, w) float16
         self.crop = crop
         self.device = device
 
+    @staticmethod
+    def layout(spec: dict, tok) -> tuple[int, tuple[int, int, int, int, int]]:
+        """(pixel frames per tokenizer pass, the cache's shape (samples, C, T', h, w)) for a spec and tokenizer."""
+        segment = spec.get("segment", 0)  # latent frames per tokenizer segment, as GLVC(segment=...) codes
+        stride = tok.temporal_stride
+        length = 1 + stride * (segment - 1) if segment else spec["frames"]
+        if spec["frames"] % length:
+            raise ValueError(f"latent_cache frames {spec['frames']} is not a multiple of the segment length {length}")
+        side = spec["size"] // tok.spatial_stride
+        if spec["size"] % tok.spatial_stride or not 0 < spec["crop"] <= side:
+            raise ValueError(f"latent_cache size {spec['size']} must be a multiple of the tokenizer's spatial stride "
+                             f"{tok.spatial_stride}, and crop {spec['crop']} between 1 and {side} latent pixels")
+        latent_frames = spec["frames"] // length * (1 + (length - 1) // stride)
+        return length, (spec["samples"], tok.latent_channels, latent_frames, side, side)
+
+    @staticmethod
+    def identity(spec: dict, tok) -> dict:
+        """What made a cache, as saved beside its latents."""
+        return {"spec": {k: spec.get(k, 0 if k == "segment" else None) for k in ("samples", "frames", "size", "segment")},
+                "tokenizer_sha256": module_digest(tok.vae),
+                "engine": tok.engine if tok.device.type == "cpu" else tok.device.type}
+
     @classmethod
     @torch.no_grad()
     def build(cls, spec: dict, tok, data, path: str, rt: Runtime) -> "LatentCache":
+        length, shape = cls.layout(spec, tok)
+        made_by = cls.identity(spec, tok)
         if os.path.isfile(path):
-            latents = torch.load(path, map_location="cpu")
-        else:
-            chunks = []
-            segment = spec.get("segment", 0)  # latent frames per tokenizer segment, as GLVC(segment=...) codes
-            length = 1 + 4 * (segment - 1) if segment else spec["frames"]
-            if spec["frames"] % length:
-                raise ValueError(f"latent_cache frames {spec['frames']} is not a multiple of the segment length {length}")
-            for start in range(0, spec["samples"], spec["batch"]):
-                drawn = 1 + 4 * -(-(spec["frames"] - 1) // 4)  # the sampler draws 1 + 4k frames
-                x = data.sample(min(spec["batch"], spec["samples"] - start), drawn, spec["size"])[:, :, : spec["frames"]]
-                parts = [tok.encode(x[:, :, i : i + length]) for i in range(0, spec["frames"], length)]
-                chunks.append(torch.cat(parts, dim=2).half().cpu())
-                if rt.main:
-                    print(f"latent cache: {start + x.shape[0]}/{spec['samples']} clips", flush=True)
-            latents = torch.cat(chunks)
+            return cls(cls.load(path, shape, made_by, rt), spec["crop"], rt.device)
+        chunks = []
+        for start in range(0, spec["samples"], spec["batch"]):
+            drawn = 1 + 4 * -(-(spec["frames"] - 1) // 4)  # the sampler draws 1 + 4k frames
+            x = data.sample(min(spec["batch"], spec["samples"] - start), drawn, spec["size"])[:, :, : spec["frames"]]
+            parts = [tok.encode(x[:, :, i : i + length]) for i in range(0, spec["frames"], length)]
+            chunks.append(torch.cat(parts, dim=2).half().cpu())
             if rt.main:
-                torch.save(latents, path)
+                print(f"latent cache: {start + x.shape[0]}/{spec['samples']} clips", flush=True)
+        latents = torch.cat(chunks)
+        bad = int((~torch.isfinite(latents)).sum())
+        if bad:  # float16 overflows beyond 65504 too
+            raise RuntimeError(f"latent cache: {bad} of {latents.numel()} latents are not finite in float16 (NaN, or beyond "
+                               f"65504 after normalisation): not saved to {path}; check the tokenizer's latents_mean/latents_std")
+        if rt.main:
+            torch.save({"format": cls.FORMAT, "latents": latents, **made_by}, path + ".tmp")
+            os.replace(path + ".tmp", path)
         return cls(latents, spec["crop"], rt.device)
+
+    @classmethod
+    def load(cls, path: str, shape: tuple, made_by: dict, rt: Runtime) -> torch.Tensor:
+        """The latents of ``path`` when they are what this run would build (see the class docstring)."""
+        redo = f"delete {path} and run again to rebuild it"
+        try:
+            saved = torch.load(path, map_location="cpu")
+        except Exception as err:
+            raise RuntimeError(f"latent cache {path} cannot be read ({str(err).splitlines()[0]}): {redo}") from err
+        meta = saved if isinstance(saved, dict) and saved.get("format") == cls.FORMAT else None
+        latents = meta.get("latents") if meta else saved
+        if not torch.is_tensor(latents):
+            raise RuntimeError(f"latent cache {path} holds no latents (a {type(saved).__name__}): {redo}")
+        problems = []
+        if tuple(latents.shape) != tuple(shape):
+            problems.append(f"its shape is {tuple(latents.shape)}, this config's latent_cache and tokenizer give {tuple(shape)}")
+        else:
+            bad = int((~torch.isfinite(latents)).sum())
+            if bad:
+                problems.append(f"{bad} of {latents.numel()} latents are not finite")
+        if meta:
+            if meta.get("spec") != made_by["spec"]:
+                problems.append(f"made for latent_cache {meta.get('spec')}, this config has {made_by['spec']}")
+            if meta.get("tokenizer_sha256") != made_by["tokenizer_sha256"]:
+                problems.append("made by another tokenizer (its weights or config differ)")
+            if meta.get("engine") != made_by["engine"]:
+                problems.append(f"made with the tokenizer engine {meta.get('engine')!r}, this run uses {made_by['engine']!r} "
+                                f"(GLVC_TOKENIZER_ENGINE={meta.get('engine')} reuses it)")
+        if problems:
+            raise RuntimeError(f"latent cache {path} does not fit this run: {'; '.join(problems)}: {redo}")
+        if meta is None and rt.main:
+            print(f"latent cache: {path} was made before caches recorded their tokenizer: reused as this tokenizer's "
+                  f"({redo} if the tokenizer changed since)", flush=True)
+        return latents
 
     def sample(self, batch: int) -> torch.Tensor:
         n, _, _, h, w = self.latents.shape
@@ -486,6 +849,17 @@ class LatentCache:
             z = self.latents[i, :, :, top : top + self.crop, left : left + self.crop]
             out.append(z.flip(-1) if random.random() < 0.5 else z)
         return torch.stack(out).to(self.device, torch.float32)
+
+
+def module_digest(module) -> str:
+    """sha256 of a diffusers-style module's config (keys without a leading ``_``) and every tensor of its state dict."""
+    digest = hashlib.sha256()
+    config = {k: v for k, v in dict(getattr(module, "config", {})).items() if not k.startswith("_")}
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for key, value in sorted(module.state_dict().items()):
+        digest.update(f"{key}:{value.dtype}:{tuple(value.shape)}".encode())
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def build_codec(ccfg: dict, latent_channels: int):
@@ -515,17 +889,19 @@ def export_codec_checkpoint(run_dir: str, out: str) -> None:
     print(f"exported the codec at step {ckpt['step']} ({ckpt.get('elapsed', 0) / 60:.1f} min trained) to {out}")
 
 
-def train_codec(cfg: dict, rt: Runtime, data, logger: Logger, vae):
+def train_codec(cfg: dict, rt: Runtime, data, logger: Logger, vae, interrupts: Interrupts | None = None):
     """Stage 2 on the frozen tokenizer. Returns the trained codec, or None if paused."""
     from .codec import LatentCodec
     from .tokenizer import Tokenizer
 
     ccfg = cfg["codec"]
     out = os.path.join(cfg["output_dir"], "model", "codec")
+    ckpt_path = os.path.join(cfg["output_dir"], "codec.pt")
     if os.path.isfile(os.path.join(out, "config.json")):
+        codec = load_export("codec", out, ckpt_path, lambda: LatentCodec.from_pretrained(out), codec_export_problems)
         if rt.main:
             print(f"codec: already trained and exported to {out}: skipped (remove that folder to train it again)", flush=True)
-        return LatentCodec.from_pretrained(out)
+        return codec
     torch.manual_seed(cfg["seed"] + 1)
     tok = Tokenizer(vae, device=rt.device)
     codec = build_codec(ccfg, tok.latent_channels).to(rt.device).train()
@@ -580,22 +956,47 @@ def train_codec(cfg: dict, rt: Runtime, data, logger: Logger, vae):
         return values
 
     modules = {"model": codec, "opt": opt, **({"opt_aux": opt_aux} if opt_aux else {})}
-    if not run_stage("codec", ccfg, cfg, rt, logger, os.path.join(cfg["output_dir"], "codec.pt"), modules, step_fn):
+    if not run_stage("codec", ccfg, cfg, rt, logger, ckpt_path, modules, step_fn, data, interrupts):
         return None
     codec.eval()
     if rt.main:
-        codec.cpu().save_pretrained(out)
-        normal_file_modes(out)
+        save_export(codec.cpu(), out)  # its weights are finite: run_stage checked them at the last checkpoint
     rt.barrier()
     return codec
 
 
-def train(cfg: dict) -> str | None:
-    """Run both stages; returns the exported model folder, or None when a stage stopped early."""
-    from .data.dataset import TrainSet
+RESUMABLE = ("tokenizer.pt", "codec.pt", "latents.pt", os.path.join("model", "tokenizer"), os.path.join("model", "codec"))
+"""What in a run folder is worth a rerun: checkpoints, the latent cache, exported stages."""
 
+
+def train(cfg: dict) -> str | None:
+    """Run both stages; returns the exported model folder, or None when a stage stopped early (max_minutes).
+
+    SIGINT/SIGTERM stop it with a checkpoint and raise :class:`TrainingInterrupted` (see the module
+    docstring). When it fails, a run folder that this call created and that holds nothing of
+    :data:`RESUMABLE` is removed."""
     rt = Runtime()
     random.seed(cfg["seed"] + rt.rank)
+    created = not os.path.exists(cfg["output_dir"])
+    with Interrupts() as interrupts:
+        try:
+            return _train(cfg, rt, interrupts)
+        except BaseException as err:
+            if rt.main:
+                _after_failure(cfg["output_dir"], created, err)
+            raise
+
+
+def _train(cfg: dict, rt: Runtime, interrupts: Interrupts) -> str | None:
+    from .data.dataset import TrainSet
+
+    if rt.main:
+        print(f"data: loading {cfg['data']['root']}", flush=True)
+    # before the run folder is made: a missing training set fails with nothing written
+    data = TrainSet(cfg["data"]["root"], device=rt.device, seed=cfg["seed"] + rt.rank,
+                    **{k: v for k, v in cfg["data"].items() if k != "root"})
+    if rt.main:
+        print(f"data: {data!r}", flush=True)
     os.makedirs(cfg["output_dir"], exist_ok=True)
     if rt.main:
         config_path = os.path.join(cfg["output_dir"], "config.json")
@@ -607,16 +1008,15 @@ def train(cfg: dict) -> str | None:
                       "a stage already exported is kept as it is (remove <output_dir>/model/<stage>, or use a new "
                       "--output-dir, to train it again); a stage in progress resumes from its checkpoint with the new values",
                       flush=True)
-        with open(config_path, "w") as f:
+        with open(config_path + ".tmp", "w") as f:
             json.dump(cfg, f, indent=2)
-    data = TrainSet(cfg["data"]["root"], device=rt.device, seed=cfg["seed"] + rt.rank,
-                    **{k: v for k, v in cfg["data"].items() if k != "root"})
+        os.replace(config_path + ".tmp", config_path)
     logger = Logger(cfg["output_dir"], rt.main)
-    vae = train_tokenizer(cfg, rt, data, logger)
+    vae = train_tokenizer(cfg, rt, data, logger, interrupts)
     if vae is None:
         return None
     vae = vae.to(rt.device).eval().requires_grad_(False)
-    codec = train_codec(cfg, rt, data, logger, vae)
+    codec = train_codec(cfg, rt, data, logger, vae, interrupts)
     if codec is None:
         return None
     folder = os.path.join(cfg["output_dir"], "model")
@@ -626,12 +1026,27 @@ def train(cfg: dict) -> str | None:
     return folder
 
 
+def _after_failure(run_dir: str, created: bool, err: BaseException) -> None:
+    """After a failed or stopped run: remove the run folder if this run made it and it holds nothing to
+    resume; otherwise say, for a signal, what the next run resumes from."""
+    kept = [name for name in RESUMABLE if os.path.exists(os.path.join(run_dir, name))]
+    if created and not kept and os.path.isdir(run_dir):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        print(f"removed {run_dir}: this run made it and it held nothing to resume (no checkpoint, cache or export)",
+              flush=True)
+    elif isinstance(err, TrainingInterrupted) and not err.reported:
+        what = f"what it holds ({', '.join(kept)})" if kept else "nothing to resume"
+        print(f"stopped by {signal.Signals(err.signum).name}{' (a second Ctrl-C: no checkpoint)' if err.forced else ''}; "
+              f"{run_dir} keeps {what}: run the same command to go on", flush=True)
+
+
 def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two configs (``max_minutes`` and ``output_dir`` left out:
-    they say how and where this run goes, not what it trains)."""
+    """Dotted keys whose values differ between two configs (``max_minutes``, ``output_dir``,
+    ``progress_seconds``, ``description`` and ``_``-prefixed comments left out: they say how and where
+    this run goes, or describe it, not what it trains)."""
     out = []
     for key in sorted(set(old) | set(new)):
-        if not prefix and key in ("max_minutes", "output_dir"):
+        if not prefix and (key in ("max_minutes", "output_dir", "progress_seconds", "description") or key.startswith("_")):
             continue
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):

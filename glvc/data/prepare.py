@@ -248,11 +248,13 @@ def _commit_dir(staging: Path, out: Path) -> None:
     staging.rename(out)
 
 
-def build_photos(cache: Path | None, cfg: PrepareConfig) -> list[tuple[dict, bytes]]:
+def build_photos(cache: Path | None, cfg: PrepareConfig, log=print) -> list[tuple[dict, bytes]]:
     """Encode every natural photo; returns ``[(manifest entry without file name, jpeg bytes)]``."""
     out = []
     for src in sources.PHOTOS:
-        for path in sources.photo_candidates(src, cache):
+        candidates = sources.photo_candidates(src, cache)
+        log(f"photos: encoding {len(candidates)} from {src.package}")
+        for path in candidates:
             with Image.open(path) as im:
                 src_size = im.size
                 img = downscale(im, max_long=cfg.photo_long_side)
@@ -277,7 +279,7 @@ def build_train_set(out: Path, cache: Path | None = None, cfg: PrepareConfig | N
     budget = int(cfg.budget_mib * 2**20)
     final, out = out, _staging_dir(out)
 
-    photos = build_photos(cache, cfg)
+    photos = build_photos(cache, cfg, log)
     photo_bytes = sum(disk_bytes(len(d)) for _, d in photos)
     log(f"photos: {len(photos)} encoded, {photo_bytes / 2**20:.1f} MiB")
     clip_budget = budget - photo_bytes - MANIFEST_RESERVE
@@ -288,6 +290,7 @@ def build_train_set(out: Path, cache: Path | None = None, cfg: PrepareConfig | N
     for src in sources.VIDEOS:
         if src.role != "train":
             continue
+        log(f"clip {src.name}: decoding and encoding its frames")
         video = decode_video(sources.video_path(src, cache), src.max_frames)
         size = cfg.clip_sizes.get(src.name) or fit_long_side(*video.size, cfg.clip_long_side, even=True)
         jpegs = [encode_jpeg(downscale(Image.fromarray(f), size=size), cfg.quality) for f in video.frames]
@@ -510,7 +513,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = PrepareConfig(budget_mib=args.budget_mib, photo_long_side=args.photo_long_side,
                         clip_long_side=args.clip_long_side, quality=args.quality,
                         run_length=args.run_length, val_frames=args.val_frames)
-    sources.fetch_all(args.cache)
+    sources.fetch_all(args.cache, log=lambda line: print(line, flush=True))
     if args.out is not None:
         build_train_set(args.out, args.cache, cfg)
     if args.val_out is not None:
