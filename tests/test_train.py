@@ -224,7 +224,7 @@ def test_a_stopped_run_resumes_as_if_it_had_not_stopped(tmp_path, monkeypatch, c
         T.train(cfg)
     out = capsys.readouterr().out
     assert "1 rows after step 2 removed" in out
-    assert f"tokenizer: stopped by SIGINT at step 3" in out and "run the same command to resume" in out
+    assert "tokenizer: stopped by SIGINT at step 3" in out and "run the same command to resume" in out
     assert checkpoint_step(run, "tokenizer") == 3
 
     # 3. SIGTERM while the codec logs step 1 (no checkpoint due there): the step finishes, then a checkpoint
