@@ -586,7 +586,9 @@ def train_tokenizer(cfg: dict, rt: Runtime, data, logger: Logger, interrupts: In
         src = tcfg["pretrained"]
         if rt.main:
             print(f"tokenizer: pretrained ({src['name_or_path']}), not trained", flush=True)
-        return AutoencoderKLWan.from_pretrained(src["name_or_path"], subfolder=src.get("subfolder"), torch_dtype=torch.float32)
+        from .tokenizer import load_tokenizer
+
+        return load_tokenizer(src["name_or_path"], subfolder=src.get("subfolder")).vae  # any family
     ckpt_path = os.path.join(cfg["output_dir"], "tokenizer.pt")
     if os.path.isfile(os.path.join(out, "config.json")):
         vae = load_export("tokenizer", out, ckpt_path, lambda: AutoencoderKLWan.from_pretrained(out, torch_dtype=torch.float32),
@@ -727,10 +729,10 @@ def load_export(name: str, out: str, ckpt_path: str, load, problems_of):
 @torch.no_grad()
 def set_latent_statistics(vae, data, tcfg: dict, rt: Runtime) -> None:
     """Measure the per-channel mean/std of the posterior mean and store them in the VAE config."""
-    from .tokenizer import Tokenizer
+    from .tokenizer import tokenizer_for
 
     vae.register_to_config(latents_mean=[0.0] * vae.config.z_dim, latents_std=[1.0] * vae.config.z_dim)
-    tok = Tokenizer(vae, device=rt.device)
+    tok = tokenizer_for(vae, device=rt.device)
     latents = torch.cat(
         [tok.encode(data.sample(tcfg["batch"], max(clip_lengths(tcfg["frames"])), tcfg["size"])).transpose(0, 1).flatten(1)
          for _ in range(tcfg["stats_batches"])],
@@ -892,7 +894,7 @@ def export_codec_checkpoint(run_dir: str, out: str) -> None:
 def train_codec(cfg: dict, rt: Runtime, data, logger: Logger, vae, interrupts: Interrupts | None = None):
     """Stage 2 on the frozen tokenizer. Returns the trained codec, or None if paused."""
     from .codec import LatentCodec
-    from .tokenizer import Tokenizer
+    from .tokenizer import tokenizer_for
 
     ccfg = cfg["codec"]
     out = os.path.join(cfg["output_dir"], "model", "codec")
@@ -903,7 +905,7 @@ def train_codec(cfg: dict, rt: Runtime, data, logger: Logger, vae, interrupts: I
             print(f"codec: already trained and exported to {out}: skipped (remove that folder to train it again)", flush=True)
         return codec
     torch.manual_seed(cfg["seed"] + 1)
-    tok = Tokenizer(vae, device=rt.device)
+    tok = tokenizer_for(vae, device=rt.device)
     codec = build_codec(ccfg, tok.latent_channels).to(rt.device).train()
     latents = LatentCache.build(ccfg["latent_cache"], tok, data, os.path.join(cfg["output_dir"], "latents.pt"), rt) if ccfg.get("latent_cache") else None
     aux_params = [p for n, p in codec.named_parameters() if n.endswith(".quantiles")]
