@@ -191,3 +191,56 @@ class TestBitsMap:
         assert bits.sum().item() == pytest.approx(out["bits"].item(), rel=1e-5)
         with pytest.raises(ValueError, match=r"one latent frame \(1, C, h, w\), got \(2, 16, 8, 12\)"):
             bits_map(codec, z.repeat(2, 1, 1, 1), codec.initial_state(), 40)
+
+
+class TestExactRunner:
+    """The exact path's convolutions, tap by tap on channels-last rows (glvc/codec/model.py ExactRunner),
+    give the bits of ``F.conv2d`` in float64 on (1, C, h, w) (scripts/exact_conv_cost.py's reference,
+    the formulation the golden streams were made with): both are exact, only the order of the sums differs."""
+
+    @staticmethod
+    def _grid_input(channels: int, h: int, w: int, seed: int) -> torch.Tensor:
+        from glvc.codec.model import ACT_LIMIT, to_grid
+
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(1, channels, h, w, generator=g, dtype=torch.float64) * 40
+        x[0, 0, 0, :3] = torch.tensor([ACT_LIMIT, -ACT_LIMIT, 2.0**-16])  # the grid's extremes and its step
+        return to_grid(x)
+
+    @pytest.mark.parametrize("kernel,stride,padding,size", [(3, 1, 1, (7, 10)), (3, 2, 1, (8, 12)), (1, 1, 0, (5, 6)),
+                                                            (5, 1, 2, (6, 9)), (3, 2, 1, (7, 9)), (2, 2, 0, (6, 8)),
+                                                            ((3, 1), (2, 1), (1, 0), (8, 9)), ((1, 3), (1, 2), (0, 1), (5, 9))])
+    def test_a_convolution_gives_the_bits_of_conv2d(self, kernel, stride, padding, size):
+        from glvc.codec.model import ExactRunner
+        from scripts.exact_conv_cost import ChannelsFirstRunner
+
+        torch.manual_seed(0)
+        block = torch.nn.Sequential(torch.nn.Conv2d(12, 20, kernel, stride=stride, padding=padding), torch.nn.LeakyReLU(0.1))
+        x = self._grid_input(12, *size, seed=size[1])
+        got, want = ExactRunner().run(block, x), ChannelsFirstRunner().run(block, x)
+        assert got.shape == want.shape and got.dtype == torch.float64
+        assert torch.equal(got, want)
+
+    def test_the_codec_blocks_give_the_bits_of_conv2d(self, codec):
+        """Residual blocks, sub-pixel upsampling (PixelShuffle on rows), 1x1 and strided layers."""
+        from glvc.codec.model import ExactRunner
+        from scripts.exact_conv_cost import ChannelsFirstRunner
+
+        n, m, k, cm = (codec.config.channels, codec.config.y_channels, codec.config.hyper_channels, codec.config.memory_channels)
+        for name, channels, (h, w) in [("context_net", cm, (8, 12)), ("context_down", n, (8, 12)), ("hyper_synthesis", k, (2, 3)),
+                                       ("entropy_parameters", 2 * n, (4, 6)), ("synthesis_up", m, (4, 6)),
+                                       ("synthesis", 2 * n, (8, 12)), ("memory_update", cm + n, (8, 12))]:
+            x = self._grid_input(channels, h, w, seed=channels)
+            got, want = ExactRunner().run(getattr(codec, name), x), ChannelsFirstRunner().run(getattr(codec, name), x)
+            assert torch.equal(got, want), name
+
+    def test_what_it_cannot_run_exactly_is_refused(self):
+        from glvc.codec.model import ExactRunner
+
+        x = self._grid_input(4, 4, 4, seed=0)
+        with pytest.raises(TypeError, match="groups 1, dilation 1"):
+            ExactRunner().run(torch.nn.Conv2d(4, 4, 3, padding=1, groups=2), x)
+        with pytest.raises(TypeError, match="no exact form for Sigmoid"):
+            ExactRunner().run(torch.nn.Sigmoid(), x)
+        with pytest.raises(ValueError, match=r"one frame \(1, C, h, w\), got \(2, 4, 4, 4\)"):
+            ExactRunner().run(torch.nn.Conv2d(4, 4, 3, padding=1), x.expand(2, -1, -1, -1))
