@@ -40,6 +40,17 @@ RSS and the peak's increase over the RSS at the phase's start. ``ru_maxrss`` (th
 since start, ``resource.getrusage``) is reported at the end. All phases share one process, so
 absolute peaks include the loaded model and libraries.
 
+Whole process. A user codes a clip with two commands, each a new process that imports the
+libraries, loads the model and warms up before its first frame; the in-process figures above leave
+that out. So the engine under test also runs as a user runs it (``--process-runs``, default 1; 0
+skips it): ``python -m glvc encode`` of the same clip (``--max-frames``, ``--max-height``, the same
+quality) and ``python -m glvc decode`` of its stream to ``.npy``, each a subprocess timed from its
+start to its exit (wall clock; CPU from the children's ``getrusage``), the fastest of the runs
+reported, and ``python -c "import glvc.pipeline"`` alone, the part of that fixed cost that is
+imports. The record's ``process_round_trip`` block gives both round trips, their difference (the
+fixed cost of two processes) and whether the commands' stream and frames are the in-process ones
+bit for bit.
+
 Quality: PSNR-RGB and ColorVideoVDP (JOD, :data:`glvc.metrics.CVVDP_DISPLAY` display model) of both
 decoded clips, computed after the timed phases; ColorVideoVDP's own run time is reported beside it.
 
@@ -54,15 +65,16 @@ import json
 import os
 import platform
 import resource
+import shlex
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
-
-from .defaults import default_model, repo_relative
+from .defaults import REPO_ROOT, default_model, repo_relative
 from .progress import Progress
 
 DEFAULT_CLIP = os.path.join("examples", "bikes_2s.mp4")
@@ -145,6 +157,87 @@ def entropy_coder_timer(codec):
                 del module.__dict__[name]
 
 
+def _child_cpu() -> float:
+    """User + system CPU seconds of this process's finished (waited-for) children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed_process(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Run ``argv`` to its exit: (wall seconds from start to exit, its CPU seconds). A failure raises
+    RuntimeError with the command and the last line it wrote to stderr."""
+    cpu, start = _child_cpu(), time.perf_counter()
+    done = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seconds, cpu = time.perf_counter() - start, _child_cpu() - cpu
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(nothing on stderr)"])[-1]
+        raise RuntimeError(f"{' '.join(argv)} exited with status {done.returncode}: {last}")
+    return seconds, cpu
+
+
+def process_round_trip(clip: str, model: str, quality: int, engine: str, max_frames: int | None = None,
+                       max_height: int | None = None, runs: int = 1) -> dict[str, Any]:
+    """The round trip as a user runs it: ``python -m glvc encode`` then ``python -m glvc decode`` (to
+    ``.npy``), two processes, each timed from its start to its exit, with ``engine`` as the tokenizer
+    engine (``$GLVC_TOKENIZER_ENGINE``); and ``python -c "import glvc.pipeline"`` alone. Each runs
+    ``runs`` times in turn; the fastest is reported (seconds, wall clock), all are kept.
+
+    Returns the record's ``process_round_trip`` block, with the stream (``"stream"``, bytes) and the
+    decoded frames (``"frames"``, (T, H, W, 3) uint8) of the last run for the caller to compare."""
+    import numpy as np
+
+    if runs < 1:
+        raise ValueError(f"process round trip: runs must be >= 1, got {runs}")
+    env = dict(os.environ)
+    env["GLVC_TOKENIZER_ENGINE"] = engine
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
+    limits = (["--max-frames", str(max_frames)] if max_frames is not None else []) + (
+        ["--max-height", str(max_height)] if max_height is not None else [])
+    python = [sys.executable, "-m", "glvc"]
+    timed: dict[str, list[tuple[float, float]]] = {"import": [], "encode": [], "decode": []}
+    with tempfile.TemporaryDirectory(prefix="glvc-bench-") as folder:
+        stream_path, frames_path = os.path.join(folder, "clip.glvc"), os.path.join(folder, "clip.npy")
+        commands = {
+            "import": [sys.executable, "-c", "import glvc.pipeline"],
+            "encode": python + ["encode", os.path.abspath(clip), stream_path, "--rate", str(quality), *limits,
+                                "--model", model, "--quiet"],
+            "decode": python + ["decode", stream_path, frames_path, "--model", model, "--quiet"],
+        }
+        for _ in range(runs):
+            for phase in ("encode", "decode", "import"):
+                timed[phase].append(_timed_process(commands[phase], env))
+        with open(stream_path, "rb") as f:
+            stream = f.read()
+        frames = np.load(frames_path)
+
+    def fastest(phase: str) -> tuple[float, float]:
+        return min(timed[phase])
+
+    (import_s, import_cpu), (enc_s, enc_cpu), (dec_s, dec_cpu) = fastest("import"), fastest("encode"), fastest("decode")
+    def shown(argv: list[str]) -> str:  # as a user types it: temporary files by name, paths in the repository relative
+        words = [os.path.basename(a) if a.startswith(folder) else repo_relative(a) if os.path.isabs(a) else a for a in argv[1:]]
+        return f"GLVC_TOKENIZER_ENGINE={engine} " + shlex.join(["python", *words])
+
+    return {
+        "engine": engine,
+        "runs": runs,
+        "commands": {phase: shown(argv) for phase, argv in commands.items()},
+        "encode_seconds": enc_s,
+        "decode_seconds": dec_s,
+        "round_trip_seconds": enc_s + dec_s,
+        "import_seconds": import_s,
+        "encode_cpu_seconds": enc_cpu,
+        "decode_cpu_seconds": dec_cpu,
+        "import_cpu_seconds": import_cpu,
+        "encode_seconds_all_runs": [w for w, _ in timed["encode"]],
+        "decode_seconds_all_runs": [w for w, _ in timed["decode"]],
+        "import_seconds_all_runs": [w for w, _ in timed["import"]],
+        "bytes": len(stream),
+        "stream": stream,
+        "frames": frames,
+    }
+
+
 def _stages(timings: dict[str, float], entropy: float, latent_key: str) -> dict[str, float]:
     out = {}
     for key, value in timings.items():
@@ -172,6 +265,7 @@ def run_bench(
     engine: str | None = None,
     baseline_engine: str | None = "reference",
     baseline_codec_threads: int | None = 1,
+    process_runs: int = 1,
 ) -> dict[str, Any]:
     """Run the benchmark; return the JSON record (and write ``bench.json``/``bench.md`` to ``out_dir``).
 
@@ -179,6 +273,8 @@ def run_bench(
     ``baseline_engine`` (default ``"reference"``, today's path; None to skip) is timed beside it in the
     same run, its runs alternating with the engine's, and compared in ``record["engines"]``; its latent
     codec runs on ``baseline_codec_threads`` intra-op threads (default 1, the old path; None: the caller's).
+    ``process_runs`` (default 1; 0 skips it) times the round trip as two command-line processes too
+    (:func:`process_round_trip`); it needs ``model`` as a folder or Hub id, not a loaded GLVC.
     """
     import torch
 
@@ -190,15 +286,17 @@ def run_bench(
 
     if repeat < 1:
         raise ValueError(f"--repeat must be >= 1, got {repeat}")
+    if process_runs < 0:
+        raise ValueError(f"--process-runs must be >= 0, got {process_runs}")
     video = read_video(clip, max_frames=max_frames, max_height=max_height)
     frames, fps = video.frames, video.fps
     t, h, w = frames.shape[:3]
-    model_name = None
+    model_name = model_path = None
     start = time.perf_counter()
     if model is None:
         model = default_model()
     if isinstance(model, str):
-        model_name = repo_relative(model)
+        model_path, model_name = model, repo_relative(model)
         model = GLVC.from_pretrained(model)
     load_seconds = time.perf_counter() - start
     for name in (engine, baseline_engine):
@@ -258,6 +356,14 @@ def run_bench(
     best_enc = min(enc_runs, key=lambda r: r["seconds"])
     best_dec = min(dec_runs, key=lambda r: r["seconds"])
     glvc_encode, glvc_decode = best_enc["seconds"], best_dec["seconds"]
+    process = None
+    if process_runs:
+        if model_path is None:
+            process = {"skipped": "the model was given loaded (a GLVC object); the command line needs its folder or Hub id"}
+        else:
+            say(f"whole process: python -m glvc encode, then decode ({engine} engine), {process_runs} run(s)")
+            process = process_round_trip(clip, model_path, quality, engine, max_frames, max_height, process_runs)
+            process.update(_in_process_comparison(process, enc, dec, glvc_encode, glvc_decode))
     engines = None
     if baseline is not None:
         engines = _engine_comparison(frames, engine, baseline_engine, enc_runs, dec_runs, base_enc_runs, base_dec_runs,
@@ -349,6 +455,7 @@ def run_bench(
             "decode_slowdown": x265_dec_fps / glvc_dec_fps,
         },
         "engines": engines,
+        "process_round_trip": process,
         "process_peak_rss_mib": usage.ru_maxrss / 1024,  # Linux: kilobytes
         "notes": [
             "latent_coding/latent_decoding split by timing the CompressAI entropy coders' compress/decompress calls "
@@ -368,10 +475,57 @@ def run_bench(
     return record
 
 
+def _in_process_comparison(process: dict, enc, dec, encode_seconds: float, decode_seconds: float) -> dict[str, Any]:
+    """The whole-process figures against the in-process ones of the same engine; takes the stream
+    and frames out of ``process`` (they are compared here, not recorded)."""
+    import numpy as np
+
+    stream, frames = process.pop("stream"), process.pop("frames")
+    in_process = encode_seconds + decode_seconds
+    return {
+        "same_stream_as_in_process": stream == enc.bitstream,
+        "same_frames_as_in_process": frames.shape == dec.frames.shape and bool(np.array_equal(frames, dec.frames)),
+        "in_process_encode_seconds": encode_seconds,
+        "in_process_decode_seconds": decode_seconds,
+        "in_process_round_trip_seconds": in_process,
+        "fixed_seconds": process["round_trip_seconds"] - in_process,
+        "in_process_share": in_process / process["round_trip_seconds"],
+    }
+
+
+def process_markdown(p: dict) -> list[str]:
+    """The table of the round trip in one process against two command-line processes."""
+    if "skipped" in p:
+        return [f"Whole-process round trip not timed: {p['skipped']}.", ""]
+    same = "identical" if p["same_stream_as_in_process"] and p["same_frames_as_in_process"] else (
+        f"NOT identical (stream {'same' if p['same_stream_as_in_process'] else 'differs'}, "
+        f"frames {'same' if p['same_frames_as_in_process'] else 'differ'})")
+    return [
+        f"| round trip, {p['engine']} engine | encode | decode | encode + decode |",
+        "|---|---|---|---|",
+        f"| in one process, after warm-up (above) | {p['in_process_encode_seconds']:.2f} s | "
+        f"{p['in_process_decode_seconds']:.2f} s | {p['in_process_round_trip_seconds']:.2f} s |",
+        f"| two commands, each process start to exit (wall) | {p['encode_seconds']:.2f} s | {p['decode_seconds']:.2f} s | "
+        f"{p['round_trip_seconds']:.2f} s |",
+        f"| their CPU time | {p['encode_cpu_seconds']:.1f} s | {p['decode_cpu_seconds']:.1f} s | "
+        f"{p['encode_cpu_seconds'] + p['decode_cpu_seconds']:.1f} s |",
+        f"| fixed cost of two processes (difference) | | | {p['fixed_seconds']:.2f} s "
+        f"({100 * (1 - p['in_process_share']):.0f} % of the commands' time) |",
+        f"| of which imports (`python -c \"import glvc.pipeline\"`, once per process) | | | "
+        f"2 x {p['import_seconds']:.2f} s |",
+        "",
+        f"The commands' stream and decoded frames are {same} to the in-process ones; fastest of {p['runs']} run(s): "
+        f"`{p['commands']['encode']}`, then `{p['commands']['decode']}`.",
+        "",
+    ]
+
+
 def _engine_comparison(frames, engine, baseline_engine, enc_runs, dec_runs, base_enc_runs, base_dec_runs,
                        enc, dec, base_enc, base_dec, baseline) -> dict[str, Any]:
     """Today's engine against the new one: fastest times, speed-ups, and what the engine does to pixels."""
     import torch
+
+    import numpy as np
 
     from .metrics import psnr_rgb
 
@@ -516,6 +670,8 @@ def bench_markdown(r: dict) -> str:
     lines.append(f"| **total** | {g['encode_seconds']:.3f} | 100 % | {g['decode_seconds']:.3f} | 100 % |")
     if r.get("engines"):
         lines += [""] + engines_markdown(r["engines"])[:-1]
+    if r.get("process_round_trip"):
+        lines += [""] + process_markdown(r["process_round_trip"])[:-1]
     lines += ["", f"Process peak RSS (ru_maxrss): {r['process_peak_rss_mib']:.0f} MiB. x265 CRF {x['crf_choice']}.", ""]
     return "\n".join(lines)
 
@@ -535,6 +691,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline-engine", default="reference",
                    help="tokenizer engine timed beside it in the same run, runs alternating (default reference, "
                         "the old path; 'none' to skip)")
+    p.add_argument("--process-runs", type=int, default=1,
+                   help="time the round trip as a user runs it too: `python -m glvc encode`, then `decode`, each a new "
+                        "process, N times, the fastest reported (default 1; 0 skips it)")
     p.add_argument("--baseline-codec-threads", type=int, default=1,
                    help="intra-op threads of the baseline's latent codec (default 1, the old path; 0: the caller's)")
 
@@ -557,6 +716,7 @@ def cmd_bench(args) -> int:
         engine=args.engine,
         baseline_engine=None if args.baseline_engine == "none" else args.baseline_engine,
         baseline_codec_threads=args.baseline_codec_threads or None,
+        process_runs=args.process_runs,
     )
     print(record["markdown"])
     if args.out:
