@@ -196,7 +196,6 @@ class GLVC:
         # short clips only is reliable for that many (measured: see the model card)
         self.segment = segment
         self.pixel_stride = tokenizer.spatial_stride * codec.spatial_stride
-        self.temporal_stride = tokenizer.temporal_stride  # pixel frames per latent frame after the first (4 or 1)
         self._fingerprint: bytes | None = None
         # intra-op threads of the latent codec (None: the caller's); its exact arithmetic gives the
         # same bits with any count, so this is a speed setting only (bench times 1 as the old path)
@@ -300,6 +299,11 @@ class GLVC:
                     digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
             self._fingerprint = digest.digest()[: bitstream.FINGERPRINT_BYTES]
         return self._fingerprint
+
+    @property
+    def temporal_stride(self) -> int:
+        """Pixel frames per latent frame after the first: 4 (causal video tokenizer) or 1 (per-frame)."""
+        return self.tokenizer.temporal_stride
 
     @property
     def max_quality(self) -> int:

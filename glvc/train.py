@@ -870,10 +870,36 @@ def build_codec(ccfg: dict, latent_channels: int):
     from .codec import LatentCodec
 
     if ccfg.get("init_from"):  # fine-tune an exported codec (new lambdas or a new tokenizer)
+        stored = LatentCodec.load_config(os.path.join(ccfg["init_from"], LatentCodec.config_name))
+        if stored["latent_channels"] != latent_channels:  # a tokenizer of another latent width
+            return transplant_codec(ccfg["init_from"], {**ccfg["config"], "latent_channels": latent_channels})
         codec = LatentCodec.from_pretrained(ccfg["init_from"], config_overrides=ccfg["config"])
         codec.requires_grad_(True)
         return codec.train()
     return LatentCodec(latent_channels=latent_channels, **ccfg["config"])
+
+
+def transplant_codec(folder: str, overrides: dict):
+    """A new codec with the config of the exported one in ``folder`` and ``overrides`` (a new
+    ``latent_channels``), every tensor of the same name and shape copied from it: the transforms,
+    hyperprior, memory and rate anchors start trained, and only the layers that touch the latent (the
+    analysis' first convolution, the synthesis' last) start new. Trainable, on the CPU."""
+    from safetensors.torch import load_file
+
+    from .codec import LatentCodec
+    from .codec.model import WEIGHTS_NAME
+
+    config = {k: v for k, v in LatentCodec.load_config(os.path.join(folder, LatentCodec.config_name)).items()
+              if not k.startswith("_")}
+    codec = LatentCodec(**{**config, **overrides})
+    own = codec.state_dict()
+    stored = load_file(os.path.join(folder, WEIGHTS_NAME))
+    tables = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")  # compressai's, resized when loaded
+    kept = {k: v for k, v in stored.items() if k in own and (own[k].shape == v.shape or k.endswith(tables))}
+    codec.load_state_dict(kept, strict=False)
+    new = sorted(k for k in own if k not in kept)
+    print(f"codec: {len(kept)} tensors from {folder}; new: {', '.join(new)}", flush=True)
+    return codec.requires_grad_(True).train()
 
 
 def export_codec_checkpoint(run_dir: str, out: str) -> None:

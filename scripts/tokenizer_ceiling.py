@@ -33,7 +33,7 @@ from glvc.defaults import default_model  # noqa: E402
 from glvc.eval_clips import discover_clips, load_clip  # noqa: E402
 from glvc.metrics import ms_ssim, psnr_rgb  # noqa: E402
 from glvc.pipeline import GLVC  # noqa: E402
-from glvc.tokenizer import Tokenizer  # noqa: E402
+from glvc.tokenizer import load_tokenizer  # noqa: E402
 
 from json_report import print_and_save  # noqa: E402
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = GLVC.from_pretrained(args.model or default_model())
     if args.tokenizer:
-        model.tokenizer = Tokenizer.from_pretrained(args.tokenizer)
+        model.tokenizer = load_tokenizer(args.tokenizer)  # any family (the codec is not used)
     if args.segment is not None:
         model.segment = args.segment
     rows = []

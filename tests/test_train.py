@@ -456,3 +456,25 @@ def test_gpu_train_script_returns_a_loadable_model(tmp_path):
     assert model.segment == 3
     again = gpu_train(tiny_config(tmp_path), tmp_path)
     assert again.returncode == 0 and f"note: the run folder {tmp_path / 'run'} exists: this run resumes it" in again.stdout
+
+
+def test_a_codec_moves_to_a_tokenizer_of_another_latent_width(tmp_path):
+    """init_from with another latent width (e.g. the bundled codec onto TAEF2's 32 channels): every
+    tensor of the same name and shape comes from the exported codec, the two that touch the latent are new."""
+    from glvc.codec import LatentCodec
+    from glvc.train import build_codec
+
+    torch.manual_seed(0)
+    old = LatentCodec(latent_channels=16, hyper_gain=True, hyper_prior="gaussian", **TINY_CODEC)
+    old.prepare_entropy_coders()
+    old.save_pretrained(str(tmp_path / "old"))
+    new = build_codec({"init_from": str(tmp_path / "old"), "config": {"anchor_lambdas": [1.0, 2.0, 3.0, 4.0]}}, 32)
+    assert new.config.latent_channels == 32 and list(new.config.anchor_lambdas) == [1.0, 2.0, 3.0, 4.0]
+    assert new.config.hyper_prior == "gaussian" and new.training
+    before, after = old.state_dict(), new.state_dict()
+    fresh = sorted(k for k in after if k in before and before[k].shape != after[k].shape)
+    assert fresh == ["analysis.0.weight", "synthesis_out.bias", "synthesis_out.weight"]
+    for key in ("log_quant_scale", "context_net.0.weight", "entropy_parameters.4.weight", "memory_update.2.weight"):
+        assert torch.equal(after[key], before[key]), key
+    x = torch.randn(1, 32, 16, 16)
+    assert new(x, new.initial_state(), torch.tensor([10.0]))["z_hat"].shape == x.shape
