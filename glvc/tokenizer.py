@@ -47,7 +47,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +54,6 @@ from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, patchify, unpatchify
 
 TEMPORAL_STRIDE = 4
-_compile_lock = threading.Lock()
 logger = logging.getLogger(__name__)
 ENGINES = ("reference", "onednn", "openvino")
 ENGINE_ENV = "GLVC_TOKENIZER_ENGINE"
@@ -195,17 +193,9 @@ class Tokenizer:
         converted on first use; None for the other engines and off the CPU."""
         if self.engine != "openvino" or self.device.type != "cpu" or self.dtype != torch.float32:
             return None
-        threads = torch.get_num_threads()
-        with _compile_lock:
-            if threads not in self._compiled:
-                from .tokenizer_openvino import CompiledTokenizer
+        from .tokenizer_openvino import CompiledTokenizer, compiled_for
 
-                try:
-                    self._compiled[threads] = CompiledTokenizer(self.vae, threads)
-                except Exception as err:  # a VAE OpenVINO cannot take: the same on every call, so streams stay consistent
-                    logger.warning("openvino engine unavailable for this tokenizer (%s); running it with oneDNN", err)
-                    self._compiled[threads] = None
-            return self._compiled[threads]
+        return compiled_for(CompiledTokenizer, self.vae, self._compiled, fallback="oneDNN")
 
     def engine_context(self):
         """The context a forward pass runs in: the engine's function mode, or nothing."""

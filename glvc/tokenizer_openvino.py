@@ -1,32 +1,42 @@
-"""The tokenizer's causal steps compiled by OpenVINO: the ``"openvino"`` engine of :mod:`glvc.tokenizer`.
+"""Tokenizers compiled by OpenVINO: the ``"openvino"`` engine of both tokenizer families.
 
-A stream (:class:`glvc.tokenizer.EncoderStream` / ``DecoderStream``) runs its encoder or decoder
-one chunk at a time with a cache of the last frames each causal convolution saw. The cache has
-three shapes in a stream's life: none before the first chunk, one frame per convolution after it
-(plus diffusers' ``"Rep"`` marks in the decoder's upsamplers), two frames from then on. So each side
-is three fixed graphs, "steps": the first chunk, the second, and every later one. Each step is a
-module whose inputs are the chunk and the cache tensors and whose outputs are the result and the
-new cache; it is traced once on a tiny batch of two clips with the batch size, height and width left
-dynamic, converted by OpenVINO and compiled for the CPU in float32. Every step checks the shape it
-returns against the one the VAE's config implies and raises with both where they differ (graphs
-with the batch size fixed at 1 once failed on a batch of two, or, as reported, returned one clip).
+One mechanism, two families. A model's networks are traced into a few fixed graphs, with the batch
+size, height and width left dynamic, converted by OpenVINO once per model and machine (kept on disk),
+and compiled for the CPU in float32 in every process (:class:`CompiledGraphs`). What differs per
+family is only which graphs there are and what shapes they take and give:
 
-Conversion costs about a minute for the bundled tokenizer, so the converted graphs are kept on
-disk (``$GLVC_CACHE_DIR``, default ``~/.cache/glvc``; folder ``openvino/<key>``), under a key made of
-the tokenizer's config and weights and the versions of OpenVINO, diffusers and PyTorch; later
-processes only compile them, and OpenVINO keeps each compiled graph there too (its ``CACHE_DIR``,
-subfolder ``compiled``), which later processes load instead of compiling again.
+* :class:`CompiledTokenizer`, the causal video VAE of :mod:`glvc.tokenizer`. A stream
+  (:class:`glvc.tokenizer.EncoderStream` / ``DecoderStream``) runs its encoder or decoder one chunk at
+  a time with a cache of the last frames each causal convolution saw. The cache has three shapes in
+  a stream's life: none before the first chunk, one frame per convolution after it (plus diffusers'
+  ``"Rep"`` marks in the decoder's upsamplers), two frames from then on. So each side is three
+  graphs, "steps": the first chunk, the second, and every later one. Each step is a module whose
+  inputs are the chunk and the cache tensors and whose outputs are the result and the new cache;
+  it is traced on a tiny batch of two clips. Conversion takes about a minute for the bundled tokenizer.
+* :class:`CompiledFrameTokenizer`, the per-frame 2-D autoencoder of :mod:`glvc.tokenizer_taef`: two
+  graphs, its encoder (RGB frames in [0, 1] -> raw latents) and its decoder, each traced on a tiny
+  batch of two frames. Conversion of the shipped TAEF2 takes 9-16 s (2 busy cores).
+
+Every graph's output is checked against the shape the model's config implies, and a mismatch raises
+with both (graphs with the batch size fixed at 1 once failed on a batch of two, or, as reported,
+returned one clip).
+
+The converted graphs are kept on disk (``$GLVC_CACHE_DIR``, default ``~/.cache/glvc``; folder
+``openvino/<key>``), under a key made of the family, the model's config and weights and the versions
+of OpenVINO, diffusers and PyTorch; later processes only compile them, and OpenVINO keeps each
+compiled graph there too (its ``CACHE_DIR``, subfolder ``compiled``), which later processes load
+instead of compiling again.
 
 The cache is bounded: after each compile the least recently used entries are removed until the
 whole ``openvino`` folder holds at most ``$GLVC_OPENVINO_CACHE_MB`` megabytes (default
 :data:`DEFAULT_CACHE_LIMIT_MB`; 0 keeps only the entries in use). An entry is in use while a process
-holds its :class:`CompiledTokenizer` (a shared ``flock`` on ``openvino/<key>.lock``, released when the
+holds its :class:`CompiledGraphs` (a shared ``flock`` on ``openvino/<key>.lock``, released when the
 process ends, however it ends); entries in use are never removed, whatever the limit.
 
 Pixels: OpenVINO's kernels round differently from PyTorch's, within float32 rounding (the bound
 measured on the bundled model is in README's speed section). The latent codec is not affected.
 An encoder's reconstruction equals a decoder's output bit for bit when both run this engine with
-the same thread count on the same machine (tested), like the other engines.
+the same thread count on the same machine (tested for both families), like the other engines.
 """
 
 from __future__ import annotations
@@ -53,9 +63,9 @@ import numpy as np
 import torch
 from torch import nn
 
-STEPS = 3  # the first chunk, the second, every later one
-PROBE_LATENT_SIZE = 4  # latent height and width of the tiny clips the steps are traced on
-PROBE_BATCH = 2  # clips traced at once: a size of 1 could be taken for a constant; the batch stays dynamic
+STEPS = 3  # the causal tokenizer's steps: the first chunk, the second, every later one
+PROBE_LATENT_SIZE = 4  # latent height and width of the tiny inputs the graphs are traced on
+PROBE_BATCH = 2  # clips or frames traced at once: a size of 1 could be taken for a constant; the batch stays dynamic
 CACHE_ENV = "GLVC_CACHE_DIR"
 CACHE_LIMIT_ENV = "GLVC_OPENVINO_CACHE_MB"
 DEFAULT_CACHE_LIMIT_MB = 1024
@@ -63,8 +73,8 @@ MB = 1 << 20
 COMPILED_SUBFOLDER = "compiled"  # OpenVINO's own cache of compiled graphs, inside an entry
 _WORK_PREFIX = ".converting-"  # + key + "-": a conversion in progress (or killed)
 _KEY_LENGTH = 24
-_FORMAT = 2  # bump when the traced modules change (2: dynamic batch size)
 logger = logging.getLogger(__name__)
+_compile_lock = threading.Lock()  # one conversion or compile at a time in a process
 
 
 def available() -> bool:
@@ -291,30 +301,51 @@ def _traceable_upsampling():
         wan.WanUpsample.forward = original
 
 
-class CompiledTokenizer:
-    """The six steps (encoder and decoder, :data:`STEPS` each) of one tokenizer, compiled for the CPU.
+def compiled_for(graphs: type[CompiledGraphs], vae, memo: dict, fallback: str) -> CompiledGraphs | None:
+    """``graphs(vae, threads)`` for this process's thread count (``torch.get_num_threads()``), made on
+    first use and kept in ``memo`` (thread count -> compiled graphs, shared by a tokenizer and its
+    :meth:`with_engine` copies). None where OpenVINO cannot take the model: a warning naming
+    ``fallback`` (what runs it instead) is logged once and None is kept, so that every later call,
+    and so every stream, runs the same code."""
+    threads = torch.get_num_threads()
+    with _compile_lock:
+        if threads not in memo:
+            try:
+                memo[threads] = graphs(vae, threads)
+            except Exception as err:  # a model OpenVINO cannot take: the same on every call, so streams stay consistent
+                logger.warning("openvino engine unavailable for this tokenizer (%s); running it with %s", err, fallback)
+                memo[threads] = None
+        return memo[threads]
 
-    ``step(side, k, x, cache)`` runs chunk ``k`` (0, 1, then 2 for every later one) of a stream on
-    ``side`` ("encoder" or "decoder") for a batch of any size: ``x`` is the step's input (patchified
-    pixels; denormalised latents, before the post-quant convolution), ``cache`` the numpy arrays the
-    previous step returned. While the object lives its cache entry is in use (never pruned).
+
+class CompiledGraphs:
+    """One model's graphs, converted by OpenVINO once per model and machine (kept in the cache, see
+    the module's docstring) and compiled for the CPU in float32 with ``threads`` threads. While the
+    object lives its cache entry is in use (never pruned).
+
+    A family subclasses it with :attr:`NAMES` (its graphs), :attr:`FORMAT` (part of the key: bump it
+    when the traced modules change), :attr:`CONVERSION_COST` (for the log line) and :meth:`_traced`
+    (the modules to trace, with example inputs), and runs its graphs through :meth:`_infer`.
     """
+
+    NAMES: tuple[str, ...] = ()
+    FORMAT = 1
+    CONVERSION_COST = ""
 
     def __init__(self, vae, threads: int):
         import openvino
 
         self.threads = threads
         limit = cache_limit_bytes()  # a wrong setting fails before the work
-        self.geometry = _Geometry.of(vae)
         self.key = self._key(vae, openvino.__version__)
         root = os.path.join(cache_root(), "openvino")
         os.makedirs(root, exist_ok=True)
         self.folder = os.path.join(root, self.key)
         if fcntl is not None:  # held until this object goes (or the process ends): pruning skips the entry
             weakref.finalize(self, os.close, _lock(_lock_path(root, self.key), exclusive=False, blocking=True))
-        if not all(os.path.isfile(os.path.join(self.folder, f"{name}.xml")) for name in self._names()):
-            logger.warning("converting the tokenizer for OpenVINO into %s (once per model and machine, about a "
-                           "minute for the bundled one)", self.folder)
+        if not all(os.path.isfile(os.path.join(self.folder, f"{name}.xml")) for name in self.NAMES):
+            logger.warning("converting the tokenizer for OpenVINO into %s (once per model and machine, %s)",
+                           self.folder, self.CONVERSION_COST)
             self._convert(vae, root)
         os.utime(self.folder)  # its last use, for pruning
         core = openvino.Core()
@@ -322,10 +353,10 @@ class CompiledTokenizer:
                   "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
                   "CACHE_DIR": os.path.join(self.folder, COMPILED_SUBFOLDER)}
         self._compiled = {name: self._compile(core, os.path.join(self.folder, f"{name}.xml"), config)
-                          for name in self._names()}
-        # idle infer requests per step: each holds its own buffers, so they are reused, one per
+                          for name in self.NAMES}
+        # idle infer requests per graph: each holds its own buffers, so they are reused, one per
         # stream running at that moment (a request per call grew the decoder's peak RSS by 1.2 GB)
-        self._idle: dict[str, list] = {name: [] for name in self._names()}
+        self._idle: dict[str, list] = {name: [] for name in self.NAMES}
         self._lock = threading.Lock()
         prune(root, limit)
 
@@ -342,22 +373,90 @@ class CompiledTokenizer:
                 model = imported
         return model
 
-    @staticmethod
-    def _names() -> list[str]:
-        return [f"{side}{k}" for side in ("encoder", "decoder") for k in range(STEPS)]
-
-    @staticmethod
-    def _key(vae, ov_version: str) -> str:
+    @classmethod
+    def _key(cls, vae, ov_version: str) -> str:
+        """The cache entry of ``vae``'s graphs: its family (this class and its :attr:`FORMAT`), config
+        and weights, and the versions of OpenVINO, diffusers and PyTorch."""
         import diffusers
 
         digest = hashlib.sha256()
         config = {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
-        digest.update(json.dumps([config, ov_version, diffusers.__version__, torch.__version__, _FORMAT],
+        digest.update(json.dumps([cls.__name__, cls.FORMAT, config, ov_version, diffusers.__version__, torch.__version__],
                                  sort_keys=True, default=str).encode())
         for name, tensor in sorted(vae.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()[:_KEY_LENGTH]
+
+    def _traced(self, vae) -> list[tuple[str, nn.Module, tuple[torch.Tensor, ...], list[list[int]]]]:
+        """Per graph of :attr:`NAMES`: its name, the module to trace, example inputs, and each input's
+        shape with -1 for the dimensions left dynamic."""
+        raise NotImplementedError
+
+    def _tracing(self):
+        """The context the modules are traced in (a family's conversion workarounds)."""
+        return contextlib.nullcontext()
+
+    def _convert(self, vae, root: str) -> None:
+        import openvino
+
+        graphs = self._traced(vae)
+        work = tempfile.mkdtemp(prefix=f"{_WORK_PREFIX}{self.key}-", dir=root)
+        try:
+            with self._tracing(), torch.no_grad(), warnings.catch_warnings():
+                # the trace fixes what the shapes leave static (channels, a step's cache frames): intended
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                warnings.filterwarnings("ignore", r"`torch\.jit\.trace", FutureWarning)  # OpenVINO's tracer, not ours
+                for name, module, inputs, shapes in graphs:
+                    model = openvino.convert_model(module.eval(), example_input=inputs,
+                                                   input=[openvino.PartialShape(s) for s in shapes])
+                    openvino.save_model(model, os.path.join(work, f"{name}.xml"), compress_to_fp16=False)
+            try:
+                os.rename(work, self.folder)  # atomic: a reader sees all graphs or none
+            except OSError:  # another process finished first
+                if not os.path.isdir(self.folder):
+                    raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _infer(self, name: str, inputs: list[np.ndarray], expected: tuple, what: str) -> list[np.ndarray]:
+        """Run graph ``name`` on ``inputs`` (float32 arrays, batch first): its outputs, copied. Raises
+        RuntimeError where the first output's shape is not ``expected`` (``what`` names the graph)."""
+        with self._lock:
+            request = self._idle[name].pop() if self._idle[name] else self._compiled[name].create_infer_request()
+        try:
+            request.infer(inputs)
+            outputs = [request.get_output_tensor(i).data.copy() for i in range(len(request.model_outputs))]
+        finally:
+            with self._lock:
+                self._idle[name].append(request)
+        if outputs[0].shape != expected:
+            raise RuntimeError(f"openvino engine: {what} returned {outputs[0].shape} for an input of "
+                               f"{inputs[0].shape}; expected {expected} (graphs in {self.folder})")
+        return outputs
+
+
+def _array(x: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+
+
+class CompiledTokenizer(CompiledGraphs):
+    """The six steps (encoder and decoder, :data:`STEPS` each) of a causal tokenizer
+    (:class:`glvc.tokenizer.Tokenizer`), compiled for the CPU.
+
+    ``step(side, k, x, cache)`` runs chunk ``k`` (0, 1, then 2 for every later one) of a stream on
+    ``side`` ("encoder" or "decoder") for a batch of any size: ``x`` is the step's input (patchified
+    pixels; denormalised latents, before the post-quant convolution), ``cache`` the numpy arrays the
+    previous step returned.
+    """
+
+    NAMES = tuple(f"{side}{k}" for side in ("encoder", "decoder") for k in range(STEPS))
+    FORMAT = 2  # 2: dynamic batch size
+    CONVERSION_COST = "about a minute for the bundled one"
+
+    def __init__(self, vae, threads: int):
+        self.geometry = _Geometry.of(vae)
+        super().__init__(vae, threads)
 
     def _probe_inputs(self, vae) -> dict[str, list]:
         """Trace inputs for each step: a tiny batch of clips run through the encoder and decoder in
@@ -388,52 +487,98 @@ class CompiledTokenizer:
                 raise ValueError(f"openvino engine: this VAE's {side} cache does not settle after two chunks")
         return inputs
 
-    def _convert(self, vae, root: str) -> None:
-        import openvino
-
+    def _traced(self, vae) -> list:
         inputs = self._probe_inputs(vae)
-        work = tempfile.mkdtemp(prefix=f"{_WORK_PREFIX}{self.key}-", dir=root)
-        try:
-            with _traceable_upsampling(), torch.no_grad(), warnings.catch_warnings():
-                # the trace fixes the cache's frame counts: intended, each step is one of them
-                warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                for name in self._names():
-                    x, cache = inputs[name]
-                    side, k = name[:-1], int(name[-1])
-                    step = _Step(vae, side, _layout(cache), first_chunk=k == 0).eval()
-                    tensors = [x] + [c for c in cache if isinstance(c, torch.Tensor)]
-                    # batch, height and width dynamic; channels and frames fixed per step
-                    shapes = [openvino.PartialShape([-1, *t.shape[1:3], -1, -1]) for t in tensors]
-                    model = openvino.convert_model(step, example_input=tuple(tensors), input=shapes)
-                    openvino.save_model(model, os.path.join(work, f"{name}.xml"), compress_to_fp16=False)
-            try:
-                os.rename(work, self.folder)  # atomic: a reader sees all six or none
-            except OSError:  # another process finished first
-                if not os.path.isdir(self.folder):
-                    raise
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        graphs = []
+        for name in self.NAMES:
+            x, cache = inputs[name]
+            side, k = name[:-1], int(name[-1])
+            tensors = tuple([x] + [c for c in cache if isinstance(c, torch.Tensor)])
+            # batch, height and width dynamic; channels and frames fixed per step
+            shapes = [[-1, *t.shape[1:3], -1, -1] for t in tensors]
+            graphs.append((name, _Step(vae, side, _layout(cache), first_chunk=k == 0), tensors, shapes))
+        return graphs
+
+    def _tracing(self):
+        return _traceable_upsampling()
 
     def step(self, side: str, k: int, x: torch.Tensor, cache: list[np.ndarray]) -> tuple[torch.Tensor, list[np.ndarray]]:
         """Run chunk ``k`` of a stream on ``side`` for a batch of B clips: the step's output
         (shapes in :class:`_Geometry`) and the new cache (numpy arrays, batch first). Raises
         ValueError for an input it cannot take, RuntimeError where the graph returns another shape
         than the VAE's config implies."""
-        name = f"{side}{min(k, STEPS - 1)}"
         expected = self.geometry.output_shape(side, k, tuple(x.shape))
         arrays = [c for c in cache if c is not None]  # a fresh stream's cache is all None
         if any(a.shape[0] != x.shape[0] for a in arrays):
             raise ValueError(f"openvino engine: {side} step {k} got a batch of {x.shape[0]} with a cache for "
                              f"{sorted({a.shape[0] for a in arrays})} (one stream, one batch)")
-        with self._lock:
-            request = self._idle[name].pop() if self._idle[name] else self._compiled[name].create_infer_request()
-        try:
-            request.infer([np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32), *arrays])
-            outputs = [request.get_output_tensor(i).data.copy() for i in range(len(request.model_outputs))]
-        finally:
-            with self._lock:
-                self._idle[name].append(request)
-        if outputs[0].shape != expected:
-            raise RuntimeError(f"openvino engine: the {side} step {k} returned {outputs[0].shape} for an input of "
-                               f"{tuple(x.shape)}; expected {expected} (graphs in {self.folder})")
+        outputs = self._infer(f"{side}{min(k, STEPS - 1)}", [_array(x), *arrays], expected, f"the {side} step {k}")
         return torch.from_numpy(outputs[0]), outputs[1:]
+
+
+@dataclass(frozen=True)
+class _FrameGeometry:
+    """The shapes a per-frame autoencoder's graphs take and give, from its config (no weights
+    inspected). Encoder: RGB (N, 3, H, W) -> raw latents (N, C, H/s, W/s); decoder: raw latents
+    (N, C, h, w) -> RGB (N, 3, h*s, w*s); s the spatial stride."""
+
+    latent_channels: int
+    spatial_stride: int
+
+    @classmethod
+    def of(cls, vae) -> "_FrameGeometry":
+        config = vae.config  # a TinyAutoencoder: a stride-2 stage between consecutive encoder_blocks entries
+        return cls(latent_channels=int(config.latent_channels), spatial_stride=2 ** (len(config.encoder_blocks) - 1))
+
+    def output_shape(self, side: str, shape: tuple) -> tuple:
+        """The shape ``side`` must return for an input of ``shape``; raises ValueError for an input it cannot take."""
+        channels = 3 if side == "encoder" else self.latent_channels
+        if len(shape) != 4 or shape[1] != channels or min(shape) < 1:
+            raise ValueError(f"openvino engine: the {side} takes (N, {channels}, H, W) with N, H, W >= 1, got {tuple(shape)}")
+        n, _, h, w = shape
+        s = self.spatial_stride
+        if side == "decoder":
+            return (n, 3, h * s, w * s)
+        if h % s or w % s:
+            raise ValueError(f"openvino engine: encoder input {w}x{h} is not a multiple of {s}")
+        return (n, self.latent_channels, h // s, w // s)
+
+
+class CompiledFrameTokenizer(CompiledGraphs):
+    """The encoder and decoder of a per-frame autoencoder (:class:`glvc.tokenizer_taef.TinyAutoencoder`),
+    compiled for the CPU; they run as the PyTorch modules do, within float32 rounding.
+
+    ``encode``: RGB frames (N, 3, H, W) float32 in [0, 1], H and W multiples of the spatial stride s
+    (8) -> raw latents (N, C, H/s, W/s) float32 (not normalised); ``decode``: raw latents
+    (N, C, h, w) -> RGB (N, 3, h*s, w*s) float32 in about [0, 1] (not clamped). Any N, H, W.
+    """
+
+    NAMES = ("encoder", "decoder")
+    FORMAT = 1
+    CONVERSION_COST = "9-16 s for TAEF2 on 2 busy cores"
+
+    def __init__(self, vae, threads: int):
+        self.geometry = _FrameGeometry.of(vae)
+        super().__init__(vae, threads)
+
+    def _traced(self, vae) -> list:
+        g = self.geometry
+        generator = torch.Generator().manual_seed(0)
+        size = PROBE_LATENT_SIZE * g.spatial_stride
+        frames = torch.rand(PROBE_BATCH, 3, size, size, generator=generator)
+        latents = torch.randn(PROBE_BATCH, g.latent_channels, PROBE_LATENT_SIZE, PROBE_LATENT_SIZE, generator=generator)
+        # batch, height and width dynamic; channels fixed
+        return [(name, module, (x,), [[-1, x.shape[1], -1, -1]])
+                for name, module, x in (("encoder", vae.encoder, frames), ("decoder", vae.decoder, latents))]
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """RGB (N, 3, H, W) in [0, 1] -> raw latents (N, C, H/s, W/s) float32."""
+        return self._run("encoder", frames)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Raw latents (N, C, h, w) -> RGB (N, 3, h*s, w*s) float32 in about [0, 1], not clamped."""
+        return self._run("decoder", latents)
+
+    def _run(self, side: str, x: torch.Tensor) -> torch.Tensor:
+        expected = self.geometry.output_shape(side, tuple(x.shape))
+        return torch.from_numpy(self._infer(side, [_array(x)], expected, f"the {side}")[0])
