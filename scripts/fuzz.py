@@ -330,7 +330,8 @@ def classify(err: BitstreamError) -> str:
         ("magic/version/size", ("not a .glvc stream", "unsupported format version", "shorter than the smallest")),
         ("truncated", ("truncated stream",)),
         ("structure", ("unit count", "unknown kind", "first unit must be intra", "unexpected bytes after")),
-        ("model", ("was made by model", "tokenizer segments of", "above this model's maximum", "does not match this model's stride")),
+        ("model", ("was made by model", "tokenizer segments of", "above this model's maximum", "does not match this model's stride",
+                   "pixel frames per latent frame")),
         ("header field", ("outside the allowed range", "flags byte", "pad frames is", "longer than 10 bytes", "fingerprint must be")),
     ):
         if any(w in text for w in words):
