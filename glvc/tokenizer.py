@@ -45,7 +45,6 @@ Padding to ``1 + 4k`` frames and to a multiple of the spatial stride is the pipe
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 
 import torch
@@ -54,7 +53,6 @@ from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, patchify, unpatchify
 
 TEMPORAL_STRIDE = 4
-logger = logging.getLogger(__name__)
 ENGINES = ("reference", "onednn", "openvino")
 ENGINE_ENV = "GLVC_TOKENIZER_ENGINE"
 
@@ -127,8 +125,81 @@ def _triple(value) -> list[int]:
     return [int(value)] * 3 if isinstance(value, int) else [int(v) for v in value]
 
 
-class Tokenizer:
+class TokenizerBase:
+    """What every tokenizer family shares: the engine choice, the per-channel latent normalisation,
+    loading, sharing one model between engines, and the openvino engine's compiled graphs.
+
+    A family sets ``model_class`` (its diffusers model), ``compiled_class`` (the name of its
+    compiled graphs in :mod:`glvc.tokenizer_openvino`), ``fallback`` (what runs where OpenVINO
+    cannot take the model), ``spatial_stride``/``temporal_stride``, and the streams."""
+
+    model_class: type
+    compiled_class: str
+    fallback: str
+
+    def __init__(self, vae, latent_channels: int, latents_mean, latents_std, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, engine: str | None = None):
+        engine = engine or default_engine()
+        if engine not in ENGINES:
+            raise ValueError(f"tokenizer engine {engine!r}: choose one of {', '.join(ENGINES)}")
+        vae = vae.to(device=device)
+        if dtype != torch.float32:
+            vae = vae.to(dtype=dtype)
+        self.vae = vae.eval().requires_grad_(False)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.engine = engine
+        c = latent_channels
+        self.latent_channels = c
+        mean = torch.tensor(latents_mean, dtype=torch.float32)
+        std = torch.tensor(latents_std, dtype=torch.float32)
+        if mean.numel() != c or std.numel() != c:
+            raise ValueError(f"latents_mean/std have {mean.numel()}/{std.numel()} entries, the latent has {c} channels")
+        self.latents_mean = mean.view(1, c, 1, 1, 1)
+        self.latents_std = std.view(1, c, 1, 1, 1)
+        self._compiled: dict = {}  # openvino engine: thread count -> compiled graphs, shared by with_engine
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, subfolder: str | None = None, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32, engine: str | None = None, **kwargs):
+        """Load from a local folder or a Hub id, e.g. ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``, subfolder ``vae``."""
+        vae = cls.model_class.from_pretrained(name_or_path, subfolder=subfolder, torch_dtype=torch.float32,
+                                              low_cpu_mem_usage=False, **kwargs)  # without accelerate: the same, minus its notice
+        return cls(vae, device=device, dtype=dtype, engine=engine)
+
+    def with_engine(self, engine: str):
+        """The same model (shared, not copied) run with another engine."""
+        other = type(self)(self.vae, device=self.device, dtype=self.dtype, engine=engine)
+        other._compiled = self._compiled
+        return other
+
+    @property
+    def compiled(self):
+        """The openvino engine's compiled graphs (:mod:`glvc.tokenizer_openvino`) for this thread count,
+        converted on first use; None for the other engines, off the CPU, below float32, and where
+        OpenVINO cannot take the model (then ``fallback`` runs it, with a logged warning)."""
+        if self.engine != "openvino" or self.device.type != "cpu" or self.dtype != torch.float32:
+            return None
+        from . import tokenizer_openvino
+
+        return tokenizer_openvino.compiled_for(getattr(tokenizer_openvino, self.compiled_class), self.vae, self._compiled,
+                                               fallback=self.fallback)
+
+    # ------------------------------------------------------------------ normalisation
+    def normalize(self, raw: torch.Tensor) -> torch.Tensor:
+        return (raw.float() - self.latents_mean.to(raw.device)) / self.latents_std.to(raw.device)
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z.float() * self.latents_std.to(z.device) + self.latents_mean.to(z.device)
+
+
+class Tokenizer(TokenizerBase):
     """A causal video VAE used as a deterministic tokenizer (posterior mean, no sampling)."""
+
+    model_class = AutoencoderKLWan
+    compiled_class = "CompiledTokenizer"
+    fallback = "oneDNN"
+    temporal_stride = TEMPORAL_STRIDE
 
     def __init__(
         self,
@@ -137,78 +208,21 @@ class Tokenizer:
         dtype: torch.dtype = torch.float32,
         engine: str | None = None,
     ):
-        engine = engine or default_engine()
-        if engine not in ENGINES:
-            raise ValueError(f"tokenizer engine {engine!r}: choose one of {', '.join(ENGINES)}")
         if list(vae.config.temperal_downsample).count(True) != 2:
             raise ValueError(
                 f"GLVC needs 4x temporal downsampling; this VAE has temperal_downsample={vae.config.temperal_downsample}"
             )
-        vae = vae.to(device=device)
-        if dtype != torch.float32:
-            vae = vae.to(dtype=dtype)
-        self.vae = vae.eval().requires_grad_(False)
-        self.device = torch.device(device)
-        self.dtype = dtype
-        self.engine = engine
-        z = vae.config.z_dim
-        self.latent_channels = z
+        super().__init__(vae, vae.config.z_dim, vae.config.latents_mean, vae.config.latents_std, device, dtype, engine)
         self.spatial_stride = int(vae.config.scale_factor_spatial)
-        self.temporal_stride = TEMPORAL_STRIDE
         self.patch_size = vae.config.patch_size or 1
-        mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32)
-        std = torch.tensor(vae.config.latents_std, dtype=torch.float32)
-        if mean.numel() != z or std.numel() != z:
-            raise ValueError(f"latents_mean/std have {mean.numel()}/{std.numel()} entries, z_dim is {z}")
-        self.latents_mean = mean.view(1, z, 1, 1, 1)
-        self.latents_std = std.view(1, z, 1, 1, 1)
-        self._compiled: dict = {}  # openvino engine: thread count -> CompiledTokenizer, shared by with_engine
         self._encoder_convs = sum(isinstance(m, WanCausalConv3d) for m in self.vae.encoder.modules())
         self._decoder_convs = sum(isinstance(m, WanCausalConv3d) for m in self.vae.decoder.modules())
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str,
-        subfolder: str | None = None,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
-        engine: str | None = None,
-        **kwargs,
-    ) -> "Tokenizer":
-        """Load from a local folder or a Hub id, e.g. ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``, subfolder ``vae``."""
-        vae = AutoencoderKLWan.from_pretrained(name_or_path, subfolder=subfolder, torch_dtype=torch.float32,
-            low_cpu_mem_usage=False, **kwargs)  # without accelerate: the same, minus diffusers' notice
-        return cls(vae, device=device, dtype=dtype, engine=engine)
-
-    def with_engine(self, engine: str) -> "Tokenizer":
-        """The same model (shared, not copied) run with another engine."""
-        other = Tokenizer(self.vae, device=self.device, dtype=self.dtype, engine=engine)
-        other._compiled = self._compiled
-        return other
-
-    @property
-    def compiled(self):
-        """The openvino engine's compiled steps (:mod:`glvc.tokenizer_openvino`) for this thread count,
-        converted on first use; None for the other engines and off the CPU."""
-        if self.engine != "openvino" or self.device.type != "cpu" or self.dtype != torch.float32:
-            return None
-        from .tokenizer_openvino import CompiledTokenizer, compiled_for
-
-        return compiled_for(CompiledTokenizer, self.vae, self._compiled, fallback="oneDNN")
 
     def engine_context(self):
         """The context a forward pass runs in: the engine's function mode, or nothing."""
         if self.engine in ("onednn", "openvino") and self.device.type == "cpu":  # openvino: where it could not convert
             return _OneDNNConv3d()
         return contextlib.nullcontext()
-
-    # ------------------------------------------------------------------ normalisation
-    def normalize(self, mu: torch.Tensor) -> torch.Tensor:
-        return (mu.float() - self.latents_mean.to(mu.device)) / self.latents_std.to(mu.device)
-
-    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
-        return z.float() * self.latents_std.to(z.device) + self.latents_mean.to(z.device)
 
     # ------------------------------------------------------------------ streaming
     def encoder_stream(self) -> "EncoderStream":

@@ -36,6 +36,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from .tokenizer import TokenizerBase
+
 TEMPORAL_STRIDE = 1
 
 
@@ -127,7 +129,7 @@ class TinyAutoencoder(ModelMixin, ConfigMixin):
         self.decoder = nn.Sequential(*layers)
 
 
-class FrameTokenizer:
+class FrameTokenizer(TokenizerBase):
     """A per-frame autoencoder used as the tokenizer (interface of :class:`glvc.tokenizer.Tokenizer`).
 
     Speed of the engines on the shipped TAEF2, one 560x240 clip of 9 frames, 2 threads, the engines in
@@ -139,68 +141,22 @@ class FrameTokenizer:
     (compiled graphs loaded from the cache).
     """
 
+    model_class = TinyAutoencoder
+    compiled_class = "CompiledFrameTokenizer"
+    fallback = "PyTorch"
     spatial_stride = 8
     temporal_stride = TEMPORAL_STRIDE
 
     def __init__(self, vae: TinyAutoencoder, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  engine: str | None = None):
-        from .tokenizer import ENGINES, default_engine
-
-        engine = engine or default_engine()
-        if engine not in ENGINES:
-            raise ValueError(f"tokenizer engine {engine!r}: choose one of {', '.join(ENGINES)}")
-        vae = vae.to(device=device)
-        if dtype != torch.float32:
-            vae = vae.to(dtype=dtype)
-        self.vae = vae.eval().requires_grad_(False)
-        self.device = torch.device(device)
-        self.dtype = dtype
-        self.engine = engine
         c = vae.config.latent_channels
-        self.latent_channels = c
         mean = vae.config.latents_mean if vae.config.latents_mean is not None else [0.0] * c
         std = vae.config.latents_std if vae.config.latents_std is not None else [1.0] * c
-        if len(mean) != c or len(std) != c:
-            raise ValueError(f"latents_mean/std have {len(mean)}/{len(std)} entries, latent_channels is {c}")
-        self.latents_mean = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1, 1)
-        self.latents_std = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1, 1)
-        self._compiled: dict = {}  # openvino engine: thread count -> CompiledFrameTokenizer, shared by with_engine
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str, subfolder: str | None = None, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32, engine: str | None = None, **kwargs) -> "FrameTokenizer":
-        vae = TinyAutoencoder.from_pretrained(name_or_path, subfolder=subfolder, torch_dtype=torch.float32,
-            low_cpu_mem_usage=False, **kwargs)  # without accelerate: the same, minus diffusers' notice
-        return cls(vae, device=device, dtype=dtype, engine=engine)
-
-    def with_engine(self, engine: str) -> "FrameTokenizer":
-        """The same model (shared, not copied) run with another engine."""
-        other = FrameTokenizer(self.vae, device=self.device, dtype=self.dtype, engine=engine)
-        other._compiled = self._compiled
-        return other
-
-    @property
-    def compiled(self):
-        """The openvino engine's compiled encoder and decoder
-        (:class:`glvc.tokenizer_openvino.CompiledFrameTokenizer`) for this thread count, converted on
-        first use; None for the other engines, off the CPU, below float32, and where OpenVINO cannot
-        take the model (then PyTorch runs it, with a logged warning)."""
-        if self.engine != "openvino" or self.device.type != "cpu" or self.dtype != torch.float32:
-            return None
-        from .tokenizer_openvino import CompiledFrameTokenizer, compiled_for
-
-        return compiled_for(CompiledFrameTokenizer, self.vae, self._compiled, fallback="PyTorch")
+        super().__init__(vae, c, mean, std, device, dtype, engine)
 
     def engine_context(self):
         """The context the PyTorch path runs in: nothing (its 2-D convolutions take PyTorch's own route)."""
         return contextlib.nullcontext()
-
-    # ------------------------------------------------------------------ normalisation
-    def normalize(self, raw: torch.Tensor) -> torch.Tensor:
-        return (raw.float() - self.latents_mean.to(raw.device)) / self.latents_std.to(raw.device)
-
-    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
-        return z.float() * self.latents_std.to(z.device) + self.latents_mean.to(z.device)
 
     # ------------------------------------------------------------------ frames
     @torch.inference_mode()
