@@ -6,7 +6,7 @@ three convolutions, three stride-2 stages down and three nearest-neighbour x2 st
 clamp ``3 tanh(x / 3)`` at the decoder's input, and, for the FLUX.2 variant, a group-normalised
 branch in the blocks next to the latent (its statistics span the whole picture). The weights are
 the published TAEF2 ones converted to safetensors (``scripts/convert_taef2.py``); the licence and
-credit are in the model card and ``docs/data.md``.
+credit are in ``glvc/pretrained/taef2/README.md`` and ``docs/data.md``.
 
 Each video frame is coded on its own::
 
